@@ -1,0 +1,3 @@
+"""anchord: one LAN identity for one Docker Compose project."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,269 @@
+"""The event catalogue: every message that travels on the anchord bus.
+
+This module owns the one list of event types. Each is a frozen dataclass with a
+``TOPIC`` (the type name followed by ``/`` so that prefix subscriptions never
+collide) and a ``VERSION`` (bumped when a field changes meaning or type). The
+codec (``bus.codec``) validates every field against the annotations here, so the
+annotations are the schema: keep them to ``str``, ``int``, ``float``, ``bool``,
+``X | None``, ``tuple[X, ...]`` and nested frozen dataclasses.
+
+State on the bus is level-triggered: an owner always publishes its whole current
+state, never a delta, so any subscriber that (re)starts converges from the next
+message alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every bus event."""
+
+    TOPIC: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+
+# --- lifecycle ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello(Event):
+    """A worker (re)started: every owner of state republishes it."""
+
+    TOPIC: ClassVar[str] = "Hello/"
+    worker: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One readiness condition a worker owns (``key: detail`` on /readyz)."""
+
+    key: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerStatus(Event):
+    """Heartbeat of a worker: liveness, its readiness conditions, bus counters."""
+
+    TOPIC: ClassVar[str] = "WorkerStatus/"
+    worker: str
+    pid: int
+    started: float
+    conditions: tuple[Condition, ...] = ()
+    received: int = 0
+    decode_errors: int = 0
+    summary: str = ""
+
+
+# --- discovery ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One desired DNAT entry: ``proto/first-last`` of ``family`` goes to ``address``."""
+
+    family: int  # 4 or 6
+    proto: str  # "tcp" or "udp"
+    first: int
+    last: int
+    address: str
+    container: str  # container name, for people (status output); never a metric label
+    service: str = ""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A label (or part of one) discovery refused, and why."""
+
+    container: str
+    reason: str
+    kind: str = "label"  # "label", "conflict" or "no-transit"
+
+
+@dataclass(frozen=True)
+class BackendsDesired(Event):
+    """The whole desired backend table of the project, as discovery sees it."""
+
+    TOPIC: ClassVar[str] = "BackendsDesired/"
+    generation: int
+    cause: str  # "event", "poll" or "heartbeat"
+    event_time: float  # Docker event time (unix seconds) that caused it, 0 if none
+    entries: tuple[Backend, ...] = ()
+    rejections: tuple[Rejection, ...] = ()
+    transit_network: str = ""
+    transit_v4: str = ""  # the anchord container's own transit address(es)
+    transit_v6: str = ""
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    """One Compose network the anchord container is attached to."""
+
+    network: str  # full Docker network name (e.g. "proj_lan")
+    alias: str  # the name in the compose file (e.g. "lan")
+    mac: str
+    ipv4: str = ""
+    ipv6: str = ""
+
+
+@dataclass(frozen=True)
+class NetworkMap(Event):
+    """Which interface of the anchord container is on which Compose network.
+
+    Only discovery can ask Docker; the dhcp worker uses it to resolve an
+    ``ANCHORD_VLAN_PARENT`` that names a network instead of an interface.
+    """
+
+    TOPIC: ClassVar[str] = "NetworkMap/"
+    networks: tuple[NetworkAttachment, ...] = ()
+
+
+@dataclass(frozen=True)
+class DockerEventsSeen(Event):
+    """Running counters of Docker events discovery handled, by source (event/poll)."""
+
+    TOPIC: ClassVar[str] = "DockerEventsSeen/"
+    events: int = 0
+    polls: int = 0
+    errors: int = 0
+    connected: bool = False
+
+
+# --- nat-writer --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EntryCount:
+    family: int
+    proto: str
+    count: int
+
+
+@dataclass(frozen=True)
+class StaleBackend:
+    """A backend that vanished or moved: its conntrack entries must go."""
+
+    family: int
+    proto: str
+    first: int
+    last: int
+    address: str
+
+
+@dataclass(frozen=True)
+class NatApplied(Event):
+    """The nat-writer applied (or failed to apply) one desired generation."""
+
+    TOPIC: ClassVar[str] = "NatApplied/"
+    generation: int
+    ok: bool
+    duration: float  # seconds spent in the transaction
+    event_time: float  # the Docker event time this answers (0 if none)
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    counts: tuple[EntryCount, ...] = ()
+    stale: tuple[StaleBackend, ...] = ()
+    error: str = ""
+    tables: bool = True  # tables installed
+
+
+# --- dhcp --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkChanged(Event):
+    TOPIC: ClassVar[str] = "LinkChanged/"
+    interface: str
+    mac: str
+    up: bool
+    parent: str = ""
+
+
+@dataclass(frozen=True)
+class Lease:
+    family: int
+    address: str  # address/prefixlen
+    gateway: str = ""
+    server: str = ""
+    lease_time: float = 0.0
+    t1: float = 0.0
+    t2: float = 0.0
+    expiry: float = 0.0  # unix time
+    source: str = "dhcp"  # "dhcp", "dhcpv6" or "slaac"
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class LeaseChanged(Event):
+    """The current lease of one family (full snapshot; ``previous`` set on a change)."""
+
+    TOPIC: ClassVar[str] = "LeaseChanged/"
+    lease: Lease
+    previous: str = ""  # previous address/prefixlen if the address changed
+
+
+@dataclass(frozen=True)
+class LeaseLost(Event):
+    TOPIC: ClassVar[str] = "LeaseLost/"
+    family: int
+    address: str
+    reason: str = ""
+
+
+# --- conntrack-flusher -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConntrackFlushed(Event):
+    TOPIC: ClassVar[str] = "ConntrackFlushed/"
+    family: int
+    removed: int
+    duration: float = 0.0
+    reason: str = ""  # "backend" or "address"
+
+
+CATALOGUE: dict[str, type[Event]] = {
+    cls.TOPIC: cls
+    for cls in (
+        Hello,
+        WorkerStatus,
+        BackendsDesired,
+        NetworkMap,
+        DockerEventsSeen,
+        NatApplied,
+        LinkChanged,
+        LeaseChanged,
+        LeaseLost,
+        ConntrackFlushed,
+    )
+}
+"""Every event type by topic: the one place that lists them."""
+
+__all__ = [
+    "CATALOGUE",
+    "Backend",
+    "BackendsDesired",
+    "Condition",
+    "ConntrackFlushed",
+    "DockerEventsSeen",
+    "EntryCount",
+    "Event",
+    "Hello",
+    "Lease",
+    "LeaseChanged",
+    "LeaseLost",
+    "LinkChanged",
+    "NatApplied",
+    "NetworkAttachment",
+    "NetworkMap",
+    "Rejection",
+    "StaleBackend",
+    "WorkerStatus",
+]
