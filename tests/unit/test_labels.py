@@ -1,0 +1,188 @@
+"""Unit tests of anchord.labels: the label grammar, conflicts and the desired table."""
+
+from __future__ import annotations
+
+import pytest
+
+from anchord.labels import (
+    EXPOSE_LABEL,
+    EXPOSE_V6_LABEL,
+    ContainerView,
+    LabelError,
+    PortRange,
+    build_table,
+    parse_expose,
+    parse_v6,
+)
+from bus.events import Backend
+
+
+def view(name: str, expose: str | None, created: str = "2026-01-01T00:00:00.000000001Z",
+         v4: str = "10.0.0.2", v6: str = "", running: bool = True, healthy: bool = True,
+         expose_v6: str | None = None, owner: str = "") -> ContainerView:
+    labels: list[tuple[str, str]] = []
+    if expose is not None:
+        labels.append((EXPOSE_LABEL, expose))
+    if expose_v6 is not None:
+        labels.append((EXPOSE_V6_LABEL, expose_v6))
+    return ContainerView(id=name + "-id", name=name, created=created, labels=tuple(labels),
+                         service=name, running=running, healthy=healthy, transit_v4=v4,
+                         transit_v6=v6, network_owner=owner)
+
+
+# --- grammar ---------------------------------------------------------------------------------
+
+
+def test_single_ports_ranges_and_spaces() -> None:
+    assert parse_expose("tcp/25,tcp/465, udp/4500 ,udp/49152-49200") == (
+        PortRange("tcp", 25, 25), PortRange("tcp", 465, 465), PortRange("udp", 4500, 4500),
+        PortRange("udp", 49152, 49200))
+    assert parse_expose("  TCP / 80 - 81 ") == (PortRange("tcp", 80, 81),)
+    assert parse_expose("tcp/1,tcp/65535") == (PortRange("tcp", 1, 1),
+                                               PortRange("tcp", 65535, 65535))
+    assert parse_expose("udp/7-7") == (PortRange("udp", 7, 7),)
+
+
+@pytest.mark.parametrize(
+    ("value", "token", "problem"),
+    [
+        ("sctp/80", "sctp/80", "not tcp or udp"),
+        ("tcp/80,icmp/1", "icmp/1", "not tcp or udp"),
+        ("tcp/0", "tcp/0", "outside 1-65535"),
+        ("tcp/65536", "tcp/65536", "outside 1-65535"),
+        ("udp/100-70000", "udp/100-70000", "outside 1-65535"),
+        ("tcp/90-80", "tcp/90-80", "reversed"),
+        ("tcp/http", "tcp/http", "expected proto/port"),
+        ("80", "80", "expected proto/port"),
+        ("tcp/80/90", "tcp/80/90", "expected proto/port"),
+        ("tcp/-5", "tcp/-5", "expected proto/port"),
+        ("tcp/80,,tcp/81", "", "empty entry"),
+        ("tcp/80,", "", "empty entry"),
+        ("", "", "empty"),
+        ("   ", "   ", "empty"),
+        ("tcp/80-90,tcp/85", "tcp/85", "overlaps tcp/80-90"),
+    ],
+)
+def test_every_bad_token_is_named(value: str, token: str, problem: str) -> None:
+    with pytest.raises(LabelError) as info:
+        parse_expose(value)
+    assert info.value.token == token
+    assert problem in str(info.value)
+
+
+def test_same_port_on_two_protos_is_no_overlap() -> None:
+    assert len(parse_expose("tcp/53,udp/53")) == 2
+
+
+def test_v6_values() -> None:
+    assert parse_v6(None) is True
+    assert parse_v6("") is True
+    assert parse_v6(" Auto ") is True
+    assert parse_v6("off") is False
+    with pytest.raises(LabelError, match="auto or off"):
+        parse_v6("yes")
+
+
+# --- table -----------------------------------------------------------------------------------
+
+
+def test_table_mirrors_v6_unless_off() -> None:
+    t = build_table([
+        view("a", "tcp/443", v6="fd00::2"),
+        view("b", "udp/53", v4="10.0.0.3", v6="fd00::3", expose_v6="off"),
+        view("c", "tcp/80", v4="10.0.0.4"),  # no v6 address: v4 only, no error
+    ], "p_transit")
+    assert t.rejections == ()
+    assert t.entries == (
+        Backend(4, "tcp", 80, 80, "10.0.0.4", "c", "c"),
+        Backend(4, "tcp", 443, 443, "10.0.0.2", "a", "a"),
+        Backend(4, "udp", 53, 53, "10.0.0.3", "b", "b"),
+        Backend(6, "tcp", 443, 443, "fd00::2", "a", "a"),
+    )
+
+
+def test_bad_label_rejects_that_container_only() -> None:
+    t = build_table([view("good", "tcp/80"), view("bad", "tcp/81,tcp/0", v4="10.0.0.9")], "t")
+    assert [e.container for e in t.entries] == ["good"]
+    (r,) = t.rejections
+    assert r.kind == "label" and r.container == "bad"
+    assert "bad" in r.reason and "'tcp/0'" in r.reason and EXPOSE_LABEL in r.reason
+
+
+def test_bad_v6_label_is_named() -> None:
+    t = build_table([view("x", "tcp/80", expose_v6="sometimes")], "t")
+    assert t.entries == ()
+    assert EXPOSE_V6_LABEL in t.rejections[0].reason
+    assert "'sometimes'" in t.rejections[0].reason
+
+
+def test_bad_label_reported_even_when_stopped() -> None:
+    t = build_table([view("x", "tcp/99999", running=False)], "t")
+    assert [r.kind for r in t.rejections] == ["label"]
+
+
+def test_unlabelled_and_stopped_containers_are_silent() -> None:
+    t = build_table([view("plain", None), view("stopped", "tcp/80", running=False, v4="")], "t")
+    assert t == build_table([], "t")
+    assert t.entries == () and t.rejections == ()
+
+
+def test_no_transit_address_is_reported_with_owner() -> None:
+    t = build_table([view("app", "tcp/80", v4="", owner="web-anchor")], "proj_transit")
+    assert t.entries == ()
+    (r,) = t.rejections
+    assert r.kind == "no-transit"
+    assert "proj_transit" in r.reason
+    assert "belongs on the namespace owner" in r.reason
+    assert "web-anchor" in r.reason
+
+
+def test_conflict_first_created_wins_whatever_the_input_order() -> None:
+    old = view("zeta", "tcp/80,tcp/443", created="2026-01-01T00:00:01.5Z", v4="10.0.0.2")
+    new = view("alpha", "tcp/443,tcp/8080", created="2026-01-01T00:00:01.25Z", v4="10.0.0.3")
+    # "alpha" was created 250 ms earlier; its shorter fraction must not fool the ordering.
+    for order in ([old, new], [new, old]):
+        t = build_table(order, "t")
+        assert {(e.first, e.container) for e in t.entries} == {
+            (80, "zeta"), (443, "alpha"), (8080, "alpha")}
+        (r,) = t.rejections
+        assert r.kind == "conflict" and r.container == "zeta"
+        assert "tcp/443" in r.reason and "alpha" in r.reason
+
+
+def test_conflict_tie_on_created_goes_by_name() -> None:
+    t = build_table([view("b", "udp/500", v4="10.0.0.3"), view("a", "udp/500")], "t")
+    assert [e.container for e in t.entries] == ["a"]
+    assert [r.container for r in t.rejections] == ["b"]
+
+
+def test_range_overlap_rejects_the_later_entry_whole() -> None:
+    first = view("first", "udp/1000-2000", created="2026-01-01T00:00:00Z")
+    second = view("second", "udp/1990-2010,udp/3000,tcp/1500", v4="10.0.0.3",
+                  created="2026-01-01T00:00:01Z")
+    t = build_table([first, second], "t")
+    assert {(e.proto, e.first, e.last, e.container) for e in t.entries} == {
+        ("udp", 1000, 2000, "first"), ("udp", 3000, 3000, "second"),
+        ("tcp", 1500, 1500, "second")}
+    (r,) = t.rejections
+    assert "udp/1990-2010" in r.reason and "udp/1000-2000" in r.reason
+
+
+def test_stopped_first_container_holds_no_claim() -> None:
+    first = view("first", "tcp/80", running=False, v4="", created="2026-01-01T00:00:00Z")
+    second = view("second", "tcp/80", v4="10.0.0.3", created="2026-01-01T00:00:01Z")
+    t = build_table([first, second], "t")
+    assert [e.container for e in t.entries] == ["second"] and t.rejections == ()
+
+
+def test_unhealthy_winner_keeps_claim_but_has_no_backend() -> None:
+    first = view("first", "tcp/80", healthy=False, created="2026-01-01T00:00:00Z")
+    second = view("second", "tcp/80,tcp/81", v4="10.0.0.3", created="2026-01-01T00:00:01Z")
+    t = build_table([first, second], "t")
+    assert [(e.first, e.container) for e in t.entries] == [(81, "second")]
+    assert [r.kind for r in t.rejections] == ["conflict"]
+
+
+def test_table_is_deterministic() -> None:
+    cs = [view(f"c{i}", f"tcp/{1000 + i}", v4=f"10.0.1.{i}", v6=f"fd00::{i}") for i in range(20)]
+    assert build_table(cs, "t") == build_table(list(reversed(cs)), "t")
