@@ -38,6 +38,9 @@ KNOWN_VARIABLES = (
     "ANCHORD_GATEWAY_RESOLVE_INTERVAL",
     "ANCHORD_RUN_DIR",
     "ANCHORD_STATE_DIR",
+    # Internal: set by anchord itself or by tests, not meant for users.
+    "ANCHORD_SUPERVISORD_CONF",
+    "ANCHORD_CONSOLE",
 )
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")

@@ -1,0 +1,56 @@
+"""The readiness file: how the image's HEALTHCHECK works without the metrics listener.
+
+The process that judges readiness (the metrics worker of a network-anchor, the
+service-anchor process) writes ``<run_dir>/health.json`` whenever readiness
+changes and on every heartbeat; ``anchord healthcheck`` reads it. Format:
+``{"ready": bool, "unmet": {"key": "detail", ...}, "pid": int, "time": unix}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+HEALTH_FILE = "health.json"
+# Older than this and the writer is presumed hung: its heartbeat is a few seconds.
+STALE_AFTER = 30.0
+
+
+def write(run_dir: Path, ready: bool, unmet: Mapping[str, str]) -> None:
+    """Atomically replace the readiness file."""
+    path = run_dir / HEALTH_FILE
+    tmp = path.with_name(f".{HEALTH_FILE}.{os.getpid()}")
+    body = {"ready": ready, "unmet": dict(unmet), "pid": os.getpid(), "time": time.time()}
+    tmp.write_text(json.dumps(body) + "\n")
+    os.replace(tmp, path)
+
+
+def check(run_dir: Path, now: float | None = None) -> tuple[bool, str]:
+    """(healthy, one line for a person) from the readiness file."""
+    path = run_dir / HEALTH_FILE
+    try:
+        body = json.loads(path.read_text())
+        ready, unmet, pid, written = body["ready"], body["unmet"], body["pid"], body["time"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, f"not ready: no readable {path} yet"
+    if not _alive(int(pid)):
+        return False, f"not ready: the process that wrote {path} (pid {pid}) is gone"
+    age = (time.time() if now is None else now) - float(written)
+    if age > STALE_AFTER:
+        return False, f"not ready: readiness not updated for {age:.0f}s"
+    if not ready:
+        return False, "not ready: " + "; ".join(f"{k}: {v}" for k, v in sorted(unmet.items()))
+    return True, "ready"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

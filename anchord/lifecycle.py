@@ -1,0 +1,57 @@
+"""Lifecycle of a worker: stop requests, and restart versus shutdown.
+
+A worker stopped by ``supervisorctl restart`` must leave its kernel state for
+the next instance to adopt; a worker stopped because the container is stopping
+must tear it down. The entry process (``anchord network-anchor``) is the only
+one that knows: on SIGTERM it writes the shutdown marker in the run directory
+*before* it signals supervisord, and removes any stale marker at start. A worker
+reads the marker when it decides how to exit. Signal handlers only set a flag.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+
+SHUTDOWN_MARKER = "shutdown"
+
+
+def marker_path(run_dir: Path) -> Path:
+    return run_dir / SHUTDOWN_MARKER
+
+
+def mark_shutdown(run_dir: Path, reason: str = "") -> None:
+    """Record that the whole container is stopping (called by the entry process)."""
+    path = marker_path(run_dir)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{os.getpid()} {time.time():.3f} {reason}\n")
+    os.replace(tmp, path)
+
+
+def clear_shutdown(run_dir: Path) -> None:
+    """Forget a marker left by a previous run of this container (``docker restart``)."""
+    marker_path(run_dir).unlink(missing_ok=True)
+
+
+class Lifecycle:
+    """Stop flag set by signals, and the restart-or-shutdown question."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.stop_requested = False
+        self.signal: int | None = None
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True
+        self.signal = signum
+
+    def shutting_down(self) -> bool:
+        """True if the container is stopping; False for a restart of this worker alone."""
+        return marker_path(self.run_dir).exists()

@@ -1,0 +1,57 @@
+"""Starting one worker process: config, logging, signals, bus client, then the worker.
+
+``anchord worker NAME`` lands here. The worker registry below is the one list of
+programs of the network-anchor; supervisord.conf runs each of them and the
+metrics worker expects a heartbeat from each for readiness.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Mapping
+
+from anchord import config as configmod
+from anchord import logsetup
+from anchord.lifecycle import Lifecycle
+from bus import broker
+from bus.client import BusClient
+
+log = logging.getLogger(__name__)
+
+# program name -> module with SUBSCRIBE and run(config, bus, life)
+WORKERS: dict[str, str] = {
+    "metrics": "workers.metrics",
+}
+PROGRAMS = ("bus", *WORKERS)
+
+
+def run_worker(name: str, env: Mapping[str, str]) -> int:
+    """Run worker ``name`` until it stops; the return value is the exit code."""
+    if name not in PROGRAMS:
+        raise ValueError(f"unknown worker {name!r}; known: {', '.join(PROGRAMS)}")
+    config = configmod.load(env, mode="network-anchor")
+    assert isinstance(config, configmod.NetworkAnchorConfig)
+    logsetup.configure(name, config.log_level)
+    life = Lifecycle(config.run_dir)
+    life.install_signal_handlers()
+    try:
+        if name == "bus":
+            broker.serve(config.run_dir, lambda: life.stop_requested)
+            return 0
+        module = importlib.import_module(WORKERS[name])
+        with BusClient(
+            name,
+            config.run_dir,
+            subscribe=getattr(module, "SUBSCRIBE", ()),
+            subscribe_all=getattr(module, "SUBSCRIBE_ALL", False),
+        ) as bus:
+            log.info("worker started")
+            code: int = module.run(config, bus, life)
+    except Exception:
+        # Exit non-zero so supervisord restarts us; the traceback goes to both logs.
+        log.exception("worker failed")
+        return 1
+    log.info("worker stopped", extra={"fields": {
+        "exit_code": code, "shutdown": life.shutting_down()}})
+    return code

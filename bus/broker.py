@@ -1,0 +1,80 @@
+"""The broker: the one process every worker's bus sockets connect to.
+
+Publishers connect PUB to the XSUB socket, subscribers SUB to the XPUB socket;
+the broker forwards messages one way and subscriptions the other, and never
+interprets a message. Both sockets are ipc endpoints in the run directory, which
+only root may enter: nothing listens on TCP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+
+log = logging.getLogger(__name__)
+
+PUB_SOCKET = "pub.ipc"  # workers publish here (broker's XSUB)
+SUB_SOCKET = "sub.ipc"  # workers subscribe here (broker's XPUB)
+
+
+def endpoints(run_dir: Path) -> tuple[str, str]:
+    """The (publish, subscribe) endpoints of the broker in ``run_dir``."""
+    return f"ipc://{run_dir / PUB_SOCKET}", f"ipc://{run_dir / SUB_SOCKET}"
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory with mode 0700 (and tighten it if it exists)."""
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)
+
+
+def serve(run_dir: Path, should_stop: Callable[[], bool]) -> int:
+    """Forward until ``should_stop()``; returns the number of messages forwarded."""
+    prepare_run_dir(run_dir)
+    pub_ep, sub_ep = endpoints(run_dir)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    xsub = ctx.socket(zmq.XSUB)
+    xpub = ctx.socket(zmq.XPUB)
+    forwarded = 0
+    try:
+        for sock in (xsub, xpub):
+            sock.setsockopt(zmq.LINGER, 0)
+            # A slow subscriber must not make the broker buffer without bound.
+            sock.setsockopt(zmq.SNDHWM, 10_000)
+            sock.setsockopt(zmq.RCVHWM, 10_000)
+        for name in (PUB_SOCKET, SUB_SOCKET):
+            # A broker killed with -9 leaves its socket files behind.
+            (run_dir / name).unlink(missing_ok=True)
+        xsub.bind(pub_ep)
+        xpub.bind(sub_ep)
+        for name in (PUB_SOCKET, SUB_SOCKET):
+            os.chmod(run_dir / name, 0o600)
+        log.info("broker listening", extra={"fields": {"publish": pub_ep, "subscribe": sub_ep}})
+        poller = zmq.Poller()
+        poller.register(xsub, zmq.POLLIN)
+        poller.register(xpub, zmq.POLLIN)
+        while not should_stop():
+            ready = dict(poller.poll(500))
+            if xsub in ready:
+                # Drain in bursts so one busy publisher cannot starve subscriptions.
+                for _ in range(1000):
+                    try:
+                        xpub.send_multipart(xsub.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+                    forwarded += 1
+            if xpub in ready:
+                for _ in range(1000):
+                    try:
+                        xsub.send_multipart(xpub.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+    finally:
+        xsub.close(linger=0)
+        xpub.close(linger=0)
+    log.info("broker stopped", extra={"fields": {"forwarded": forwarded}})
+    return forwarded

@@ -1,0 +1,229 @@
+"""The metrics worker: /metrics, /healthz and /readyz of the network-anchor, from bus events only.
+
+It subscribes to every event, keeps the last state each worker reported, and
+turns it into Prometheus metrics at scrape time (so labels stay bounded: family,
+proto, result/outcome, source, worker, topic — never a container, IP or port)
+and into readiness: every expected worker heartbeating with all its conditions
+met. It also writes the readiness file the image's healthcheck reads, so health
+works with the listener disabled. It never changes any state but its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from anchord import __version__, health, httpserve
+from anchord.config import NetworkAnchorConfig
+from anchord.lifecycle import Lifecycle
+from anchord.runner import WORKERS
+from bus.client import HEARTBEAT, BusClient
+from bus.events import (
+    BackendsDesired,
+    ConntrackFlushed,
+    DockerEventsSeen,
+    Event,
+    LeaseChanged,
+    LeaseLost,
+    NatApplied,
+    WorkerStatus,
+)
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBE_ALL = True
+SUBSCRIBE: tuple[type[Event], ...] = ()
+
+# A worker whose heartbeat is older than this is reported as not ready (hung,
+# stopped, or FATAL in supervisord: it then never heartbeats again).
+STALE_AFTER = 3 * HEARTBEAT
+
+
+@dataclass
+class _Running:
+    """A counter fed by a running total that resets when its owner restarts."""
+
+    total: float = 0.0
+    last: float = 0.0
+
+    def update(self, value: float) -> None:
+        self.total += value - self.last if value >= self.last else value
+        self.last = value
+
+
+@dataclass
+class State:
+    """Everything the metrics worker knows, built from events alone."""
+
+    expected: tuple[str, ...]
+    started: float = field(default_factory=time.monotonic)
+    workers: dict[str, tuple[WorkerStatus, float]] = field(default_factory=dict)
+    messages: Counter[str] = field(default_factory=Counter)
+    reconciles: Counter[str] = field(default_factory=Counter)
+    dnat_entries: dict[tuple[int, str], int] = field(default_factory=dict)
+    conntrack_flushes: Counter[int] = field(default_factory=Counter)
+    conntrack_removed: Counter[int] = field(default_factory=Counter)
+    docker_events: dict[str, _Running] = field(default_factory=dict)
+    leases: dict[int, LeaseChanged] = field(default_factory=dict)
+    rejections: int = 0
+    last_nat: tuple[int, float] | None = None
+    reconcile_seconds: Histogram | None = None
+
+    def handle(self, event: Event, now: float) -> None:
+        self.messages[event.TOPIC.rstrip("/")] += 1
+        if isinstance(event, WorkerStatus):
+            self.workers[event.worker] = (event, now)
+        elif isinstance(event, NatApplied):
+            # NatApplied is republished on every heartbeat: count each generation once.
+            key = (event.generation, event.duration)
+            if key != self.last_nat:
+                self.last_nat = key
+                self.reconciles["ok" if event.ok else "error"] += 1
+                if self.reconcile_seconds is not None:
+                    self.reconcile_seconds.observe(event.duration)
+            self.dnat_entries = {(c.family, c.proto): c.count for c in event.counts}
+        elif isinstance(event, ConntrackFlushed):
+            self.conntrack_flushes[event.family] += 1
+            self.conntrack_removed[event.family] += event.removed
+        elif isinstance(event, DockerEventsSeen):
+            for source, value in (("event", event.events), ("poll", event.polls)):
+                self.docker_events.setdefault(source, _Running()).update(value)
+        elif isinstance(event, LeaseChanged):
+            self.leases[event.lease.family] = event
+        elif isinstance(event, LeaseLost):
+            self.leases.pop(event.family, None)
+        elif isinstance(event, BackendsDesired):
+            self.rejections = len(event.rejections)
+
+    def unmet(self, now: float) -> list[str]:
+        """Readiness: the unmet conditions as ``key: detail`` lines (empty = ready)."""
+        lines = []
+        for name in self.expected:
+            seen = self.workers.get(name)
+            if seen is None:
+                lines.append(f"worker_{name}: no heartbeat yet")
+                continue
+            status, at = seen
+            if now - at > STALE_AFTER:
+                lines.append(f"worker_{name}: no heartbeat for {now - at:.0f}s")
+            for cond in status.conditions:
+                if not cond.ok:
+                    lines.append(f"{cond.key}: {cond.detail or 'not met'}")
+        return lines
+
+
+class _Collector(Collector):
+    """Turns ``State`` into metric families at scrape time."""
+
+    def __init__(self, state: State, bus: BusClient) -> None:
+        self.state = state
+        self.bus = bus
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | InfoMetricFamily]:
+        s, now = self.state, time.monotonic()
+        info = InfoMetricFamily("anchord_build", "anchord version and role")
+        info.add_metric([], {"version": __version__, "role": "network-anchor"})
+        yield info
+        msgs = CounterMetricFamily("anchord_bus_messages", "Bus messages received by the "
+                                   "metrics worker, by topic", labels=["topic"])
+        for topic, n in sorted(s.messages.items()):
+            msgs.add_metric([topic], n)
+        yield msgs
+        errors = CounterMetricFamily("anchord_bus_decode_errors", "Bus messages dropped as "
+                                     "undecodable, by receiving worker", labels=["worker"])
+        reported = {name: st.decode_errors for name, (st, _) in s.workers.items()}
+        reported["metrics"] = sum(self.bus.decode_errors.values())
+        for name, n in sorted(reported.items()):
+            errors.add_metric([name], n)
+        yield errors
+        up = GaugeMetricFamily("anchord_worker_up", "1 if the worker heartbeats on the bus",
+                               labels=["worker"])
+        for name in self.state.expected:
+            seen = s.workers.get(name)
+            up.add_metric([name], 1.0 if seen and now - seen[1] <= STALE_AFTER else 0.0)
+        yield up
+        ready = GaugeMetricFamily("anchord_ready", "1 when the network-anchor is ready")
+        ready.add_metric([], 0.0 if s.unmet(now) else 1.0)
+        yield ready
+        rec = CounterMetricFamily("anchord_reconcile", "NAT reconciles by result",
+                                  labels=["result"])
+        for result in ("ok", "error"):
+            rec.add_metric([result], s.reconciles[result])
+        yield rec
+        dnat = GaugeMetricFamily("anchord_dnat_entries", "DNAT map entries",
+                                 labels=["family", "proto"])
+        for (family, proto), n in sorted(s.dnat_entries.items()):
+            dnat.add_metric([f"ipv{family}", proto], n)
+        yield dnat
+        flush = CounterMetricFamily("anchord_conntrack_flushes", "Conntrack flushes by family",
+                                    labels=["family"])
+        removed = CounterMetricFamily("anchord_conntrack_entries_removed",
+                                      "Conntrack entries removed by family", labels=["family"])
+        for family in (4, 6):
+            flush.add_metric([f"ipv{family}"], s.conntrack_flushes[family])
+            removed.add_metric([f"ipv{family}"], s.conntrack_removed[family])
+        yield flush
+        yield removed
+        dock = CounterMetricFamily("anchord_docker_events", "Docker events handled by source",
+                                   labels=["source"])
+        for source in ("event", "poll"):
+            dock.add_metric([source], s.docker_events.get(source, _Running()).total)
+        yield dock
+        lease = GaugeMetricFamily("anchord_lease_remaining_seconds",
+                                  "Seconds until the current lease expires", labels=["family"])
+        wall = time.time()
+        for family, ev in sorted(s.leases.items()):
+            if ev.lease.expiry:
+                lease.add_metric([f"ipv{family}"], max(0.0, ev.lease.expiry - wall))
+        yield lease
+        rej = GaugeMetricFamily("anchord_label_rejections", "Labels or ports discovery rejected")
+        rej.add_metric([], s.rejections)
+        yield rej
+
+
+def build_registry(state: State, bus: BusClient) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(state, bus))
+    state.reconcile_seconds = Histogram(
+        "anchord_reconcile_duration_seconds", "Time to apply one desired backend table",
+        registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    )
+    return registry
+
+
+def run(config: NetworkAnchorConfig, bus: BusClient, life: Lifecycle,
+        expected: Iterable[str] | None = None) -> int:
+    state = State(expected=tuple(n for n in (expected or WORKERS) if n != "metrics"))
+    registry = build_registry(state, bus)
+    listener = None
+    if config.metrics_addr is not None:
+        listener = httpserve.serve(config.metrics_addr, registry,
+                                   lambda: state.unmet(time.monotonic()))
+    last_written: tuple[bool, tuple[str, ...]] | None = None
+    next_write = 0.0
+    try:
+        while not life.stop_requested:
+            for event in bus.poll(1.0):
+                state.handle(event, time.monotonic())
+            now = time.monotonic()
+            unmet = state.unmet(now)
+            current = (not unmet, tuple(unmet))
+            if current != last_written or now >= next_write:
+                if current[0] != (last_written or (None,))[0]:
+                    log.info("readiness changed", extra={"fields": {
+                        "ready": current[0], "unmet": unmet}})
+                health.write(config.run_dir, current[0],
+                             dict(line.split(": ", 1) for line in unmet))
+                last_written, next_write = current, now + HEARTBEAT
+    finally:
+        if listener is not None:
+            listener.close()
+    return 0
