@@ -1,0 +1,51 @@
+# anchord: one image for both roles (network-anchor, service-anchor); the role comes from
+# ANCHORD_MODE (or `command: [service-anchor]`), so there is no CMD.
+#
+# How to build
+# - Supported way, works with no registry access at all: `e2e/build-image.sh [-t TAG]`.
+#   It builds wheels of anchord and of every dependency on the host into .build/wheels/
+#   (inside this build context) and then runs `docker build`; the image installs them with
+#   `pip --no-index`, so nothing is fetched from PyPI inside the build.
+# - With registry access, plain `docker build -t anchord .` builds the same image: when
+#   .build/wheels/ holds no anchord wheel, pip installs anchord from the source in the context
+#   and its dependencies from PyPI.
+# Either way the base is debian:bookworm-slim (e2e/prepare-host.sh makes an identical one with
+# debootstrap where no registry can be pulled from).
+
+ARG BASE_IMAGE=debian:bookworm-slim
+
+# ---- build stage: a venv with anchord and its dependencies ------------------------------------
+FROM ${BASE_IMAGE} AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+COPY . /src
+RUN python3 -m venv /opt/anchord \
+    && if ls /src/.build/wheels/anchord-*.whl >/dev/null 2>&1; then \
+         /opt/anchord/bin/pip install --no-cache-dir --no-index --disable-pip-version-check \
+           --find-links /src/.build/wheels anchord; \
+       else \
+         /opt/anchord/bin/pip install --no-cache-dir --disable-pip-version-check /src; \
+       fi \
+    && /opt/anchord/bin/pip uninstall -y --disable-pip-version-check pip setuptools \
+    && find /opt/anchord -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*' \
+         ! -path '*/scapy/*' -exec rm -rf {} +
+
+# ---- runtime stage ------------------------------------------------------------------------------
+FROM ${BASE_IMAGE}
+# nftables brings libnftables1 (used in-process) and nft; conntrack and iproute2 are for
+# operators poking at the kernel state from `docker compose exec`.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 nftables conntrack iproute2 \
+    && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log
+COPY --from=build /opt/anchord /opt/anchord
+COPY supervisord.conf /etc/anchord/supervisord.conf
+ENV PATH=/opt/anchord/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN anchord --help >/dev/null
+# `anchord healthcheck` works whether or not the metrics listener is enabled.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["anchord", "healthcheck"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["anchord"]
