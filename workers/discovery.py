@@ -1,0 +1,367 @@
+"""The discovery worker: Docker events and polls in, the desired backend table out.
+
+This module owns the worker's state machine: the cache of the project's container
+inspect documents, which container is anchord itself, the transit network choice,
+the generation counter and the snapshots it publishes (``BackendsDesired``,
+``NetworkMap``, ``DockerEventsSeen``) plus its readiness condition ``docker``.
+Docker I/O lives in ``anchord.docker_state``, label rules in ``anchord.labels``.
+
+How it stays right:
+
+- The event thread subscribes first and says so; every ``subscribed`` report
+  triggers a full re-list, so nothing between subscription and list is lost, and a
+  stream that ended (API gone) is re-listed and resumed.
+- An event only names a container to re-read; the table is always rebuilt from
+  the whole cache, so a dropped or duplicated event cannot corrupt it, and the
+  poll every ``poll_interval`` re-reads everything as a safety net.
+- The API being unreachable changes nothing but the counters and the ``docker``
+  condition: the cache and the last published table stay as they were (F-15).
+- The generation increases on every content change and is seeded from the clock
+  in milliseconds, so a restarted discovery still publishes generations above the
+  ones its predecessor published.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from anchord.config import NetworkAnchorConfig
+from anchord.docker_state import (
+    PROJECT_LABEL,
+    DockerApi,
+    DockerUnavailable,
+    EventPump,
+    Inspect,
+    PumpReport,
+    attachments,
+    choose_transit,
+    container_view,
+    event_time,
+    find_self,
+    local_macs,
+    name_of,
+    network_alias,
+    networks_of,
+    relevant_container,
+)
+from anchord.labels import Table, build_table
+from anchord.lifecycle import Lifecycle
+from bus.client import BusClient
+from bus.events import (
+    BackendsDesired,
+    Condition,
+    DockerEventsSeen,
+    Event,
+    NetworkMap,
+)
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBE: tuple[type[Event], ...] = ()  # discovery only publishes
+
+# First list if the event stream never subscribes (a proxy that forbids /events).
+_FIRST_LIST_FALLBACK = 2.0
+_RETRY_MIN = 0.5
+_RETRY_MAX = 10.0
+
+
+class Discovery:
+    """Discovery as a library: feed it time, it reads Docker and keeps the snapshots.
+
+    ``on_change`` is called (in the caller's thread) whenever a snapshot changed; the
+    worker passes ``bus.state_changed``.
+    """
+
+    def __init__(
+        self,
+        config: NetworkAnchorConfig,
+        on_change: Callable[[], None] = lambda: None,
+        hostname: str | None = None,
+        macs: Callable[[], set[str]] = local_macs,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.on_change = on_change
+        self.hostname = hostname if hostname is not None else socket.gethostname()
+        self._macs = macs
+        self._clock = clock
+        self.api = DockerApi(config.docker_host, config.project)
+        self.pump = EventPump(config.docker_host)
+        self.cache: dict[str, Inspect] = {}
+        self._foreign: set[str] = set()  # containers of other projects seen in network events
+        self._aliases: dict[str, str] = {}  # network name -> compose name
+        self.self_id: str | None = None
+        self._self_reason = ""
+        self._transit: tuple[str, str] = ("", "")
+        self._content: tuple[object, ...] | None = None
+        self.generation = 0
+        self.desired: BackendsDesired | None = None
+        self.network_map: NetworkMap | None = None
+        self.events = 0
+        self.polls = 0
+        self.errors = 0
+        self.connected = False
+        self.answered = False  # the API answered at least once
+        self.last_error = ""
+        self._pending_time = 0.0  # earliest Docker event time not yet reflected in a rebuild
+        self._next_list = 0.0
+        self._retry = _RETRY_MIN
+        self._started = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        log.info("discovery starting", extra={"fields": {
+            "project": self.config.project, "docker_host": self.config.docker_host,
+            "poll_interval": self.config.poll_interval}})
+        self._next_list = self._clock() + min(_FIRST_LIST_FALLBACK, self.config.poll_interval)
+        self.pump.start()
+        self._started = True
+
+    def stop(self) -> None:
+        if self._started:
+            self.pump.stop()
+        self.api.close()
+        self._started = False
+
+    def fileno(self) -> int:
+        return self.pump.fileno()
+
+    def alive(self) -> bool:
+        return self.pump.alive()
+
+    def timeout(self) -> float:
+        """Seconds until discovery needs to run again without any event."""
+        return max(0.0, self._next_list - self._clock())
+
+    def wait(self, timeout: float) -> None:
+        """Library use without a bus: block until the event pipe is readable or ``timeout``."""
+        select.select([self.fileno()], [], [], max(0.0, min(timeout, self.timeout())))
+
+    def step(self) -> None:
+        """Handle what the event thread queued, then the poll timer. Never blocks long."""
+        reports = self.pump.drain()
+        if reports:
+            self._handle(reports)
+        if self._clock() >= self._next_list:
+            self._relist()
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self) -> Sequence[Event]:
+        """The state discovery owns, for the bus client to republish."""
+        owned: list[Event] = []
+        if self.desired is not None:
+            owned.append(self.desired)
+        if self.network_map is not None:
+            owned.append(self.network_map)
+        owned.append(self.counters())
+        return owned
+
+    def counters(self) -> DockerEventsSeen:
+        return DockerEventsSeen(events=self.events, polls=self.polls, errors=self.errors,
+                                connected=self.connected)
+
+    def conditions(self) -> Sequence[Condition]:
+        if self.answered:
+            detail = "connected" if self.connected else f"reconnecting: {self.last_error}"
+            return (Condition("docker", True, detail),)
+        return (Condition("docker", False, self.last_error or "no answer from the Docker API yet"),)
+
+    def summary(self) -> str:
+        if self.desired is None:
+            return "no table yet"
+        return (f"generation {self.desired.generation}: {len(self.desired.entries)} entries, "
+                f"{len(self.desired.rejections)} rejections, transit "
+                f"{self.desired.transit_network or '-'}")
+
+    # --- reports and lists -------------------------------------------------------------------
+
+    def _handle(self, reports: list[PumpReport]) -> None:
+        relist = False
+        dirty = False
+        for report in reports:
+            if report.kind == "subscribed":
+                log.info("docker event stream subscribed; re-listing the project")
+                relist = True
+            elif report.kind == "lost":
+                self._lost(report.error)
+            elif report.kind == "event" and report.event is not None:
+                dirty |= self._on_event(report.event)
+        if relist:
+            self._next_list = self._clock()
+        elif dirty:
+            self._rebuild("event")
+
+    def _on_event(self, ev: Mapping[str, object]) -> bool:
+        cid = relevant_container(ev, self.config.project)
+        if cid is None or cid in self._foreign:
+            return False
+        self.events += 1
+        t = event_time(ev)
+        if t and (not self._pending_time or t < self._pending_time):
+            self._pending_time = t
+        log.debug("docker event", extra={"fields": {
+            "type": ev.get("Type"), "action": ev.get("Action"), "container": cid[:12]}})
+        try:
+            info = self.api.inspect(cid)
+        except DockerUnavailable as exc:
+            self._lost(str(exc))
+            return False
+        self._answered()
+        if info is None:
+            self.cache.pop(cid, None)
+        elif (info.get("Config") or {}).get("Labels", {}).get(PROJECT_LABEL) == \
+                self.config.project:
+            self.cache[cid] = info
+        else:
+            self._foreign.add(cid)
+            return False
+        return True
+
+    def _relist(self) -> None:
+        try:
+            infos = self.api.list_project()
+        except DockerUnavailable as exc:
+            self._lost(str(exc))
+            self._next_list = self._clock() + self._retry
+            self._retry = min(self._retry * 2, _RETRY_MAX)
+            return
+        self._answered()
+        self.polls += 1
+        self._retry = _RETRY_MIN
+        self._next_list = self._clock() + self.config.poll_interval
+        self.cache = dict(infos)
+        self._rebuild("poll")
+
+    def _answered(self) -> None:
+        was = self.connected
+        self.connected = True
+        self.answered = True
+        if not was:
+            log.info("docker API answering", extra={"fields": {
+                "docker_host": self.config.docker_host}})
+            self.on_change()
+
+    def _lost(self, error: str) -> None:
+        self.errors += 1
+        self.last_error = error
+        if self.connected or self.errors == 1:
+            log.warning("docker API lost; keeping the last table and retrying", extra={
+                "fields": {"error": error, "generation": self.generation}})
+            self.connected = False
+            self.on_change()
+
+    # --- the table ---------------------------------------------------------------------------
+
+    def _find_self(self) -> Inspect | None:
+        if self.self_id in self.cache:
+            return self.cache[self.self_id]
+        info, reason = find_self(self.cache.values(), self._macs(), self.hostname)
+        if info is not None:
+            self.self_id = str(info["Id"])
+            log.info("found the anchord container", extra={"fields": {
+                "container": name_of(info), "id": self.self_id[:12], "why": reason}})
+        elif reason != self._self_reason:
+            log.error("cannot find the anchord container among the project's containers; "
+                      "is ANCHORD_PROJECT the project this container belongs to?",
+                      extra={"fields": {"project": self.config.project, "why": reason}})
+        self._self_reason = reason
+        return info
+
+    def _alias(self, name: str, network_id: str) -> str:
+        if name not in self._aliases:
+            try:
+                labels = self.api.network_labels(network_id) if network_id else None
+            except DockerUnavailable:
+                return network_alias(name, None, self.config.project)  # try again next time
+            self._aliases[name] = network_alias(name, labels, self.config.project)
+        return self._aliases[name]
+
+    def _rebuild(self, cause: str) -> None:
+        self_info = self._find_self()
+        if self_info is None and self.desired is not None:
+            return  # a table built while we knew ourselves beats a guess
+        transit, reason = "", "the anchord container is not known"
+        netmap = NetworkMap()
+        self_v4 = self_v6 = ""
+        if self_info is not None:
+            nets = networks_of(self_info)
+            aliases = {n: self._alias(n, str(v.get("NetworkID") or "")) for n, v in nets.items()}
+            parent = self.config.vlan_parent
+            excluded = {n for n, a in aliases.items() if parent in (n, a)}
+            transit, reason = choose_transit(self_info, self.cache.values(), excluded)
+            netmap = NetworkMap(networks=attachments(self_info, aliases))
+            if transit:
+                self_v4 = str(nets[transit].get("IPAddress") or "")
+                self_v6 = str(nets[transit].get("GlobalIPv6Address") or "")
+        if (transit, reason) != self._transit:
+            self._transit = (transit, reason)
+            if transit:
+                log.info(f"transit network is {transit}", extra={"fields": {
+                    "network": transit, "why": reason, "address": self_v4,
+                    "address6": self_v6}})
+            else:
+                log.warning("no transit network", extra={"fields": {"why": reason}})
+        names = {cid: name_of(i) for cid, i in self.cache.items()}
+        views = [container_view(info, transit, names)
+                 for cid, info in self.cache.items() if cid != self.self_id]
+        table = build_table(views, transit)
+        changed = netmap != self.network_map
+        self.network_map = netmap
+        content = (table, transit, self_v4, self_v6)
+        if content != self._content:
+            self._publish_table(table, content, cause, transit, self_v4, self_v6)
+            changed = True
+        if changed:
+            self.on_change()
+
+    def _publish_table(self, table: Table, content: tuple[object, ...], cause: str,
+                       transit: str, self_v4: str, self_v6: str) -> None:
+        old = set(self.desired.rejections) if self.desired is not None else set()
+        self._content = content
+        self.generation = max(self.generation + 1, int(time.time() * 1000))
+        self.desired = BackendsDesired(
+            generation=self.generation,
+            cause=cause,
+            event_time=self._pending_time if cause == "event" else 0.0,
+            entries=table.entries,
+            rejections=table.rejections,
+            transit_network=transit,
+            transit_v4=self_v4,
+            transit_v6=self_v6,
+        )
+        self._pending_time = 0.0
+        log.info("desired backends changed", extra={"fields": {
+            "generation": self.generation, "cause": cause, "entries": len(table.entries),
+            "rejections": len(table.rejections)}})
+        for r in table.rejections:
+            if r not in old:
+                log.warning(f"rejected: {r.reason}", extra={"fields": {
+                    "container": r.container, "kind": r.kind}})
+
+
+def run(config: NetworkAnchorConfig, bus: BusClient, life: Lifecycle) -> int:
+    """The worker loop (``anchord worker discovery``)."""
+    d = Discovery(config, on_change=bus.state_changed)
+    bus.set_state(d.snapshot)
+    bus.set_conditions(d.conditions)
+    bus.set_summary(d.summary)
+    bus.watch(d.fileno())
+    d.start()
+    try:
+        while not life.stop_requested:
+            bus.poll(min(0.5, d.timeout()))
+            d.step()
+            if not d.alive():
+                log.error("the docker event thread died")
+                return 1
+    finally:
+        bus.unwatch(d.fileno())
+        d.stop()
+    # Discovery owns no kernel state: a restart and a shutdown end the same way.
+    return 0
