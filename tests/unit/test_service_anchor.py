@@ -1,0 +1,291 @@
+"""Unit tests of the service-anchor's pure parts: backoff, gateway choice, the route keeper's
+decisions (against a fake route table), the health file and the lookup threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from pyroute2.netlink.exceptions import NetlinkError
+
+from anchord.config import MetricsAddr, ServiceAnchorConfig
+from anchord.httpserve import serve
+from anchord.routes import RouteError, RouteTable
+from workers import service_anchor as sa
+
+V4, V6 = socket.AF_INET, socket.AF_INET6
+
+
+class FakeRoutes:
+    """The default-route slot of each family, as a dict; can be told to refuse a replace."""
+
+    def __init__(self) -> None:
+        self.slot: dict[int, str | None] = {V4: None, V6: None}
+        self.replaces: list[tuple[int, str]] = []
+        self.refuse: str | None = None
+
+    def gateway(self, family: int) -> str | None:
+        return self.slot[family]
+
+    def replace(self, family: int, gateway: str) -> None:
+        if gateway == self.refuse:
+            unreachable = NetlinkError(101, "Network is unreachable")
+            raise RouteError("replace", family, gateway, unreachable)
+        self.replaces.append((family, gateway))
+        self.slot[family] = gateway
+
+    def delete(self, family: int, gateway: str) -> bool:
+        if self.slot[family] != gateway:
+            return False
+        self.slot[family] = None
+        return True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def keeper(tmp_path: Path) -> tuple[sa.RouteKeeper, FakeRoutes, sa.Metrics, Clock]:
+    config = ServiceAnchorConfig(mode="service-anchor", metrics_addr=None, run_dir=tmp_path,
+                                 gateway_hostname="anchord", gateway_resolve_interval=5.0)
+    routes, metrics, clock = FakeRoutes(), sa.Metrics(), Clock()
+    health = sa.HealthFile(tmp_path / sa.HEALTH_FILE, clock=clock)
+    k = sa.RouteKeeper(config, cast(RouteTable, routes), metrics, health, clock=clock)
+    return k, routes, metrics, clock
+
+
+def ok(family: int, *addresses: str) -> sa.Resolution:
+    return sa.Resolution(family, addresses, "ok")
+
+
+def failed(family: int, outcome: str = "not_found") -> sa.Resolution:
+    return sa.Resolution(family, (), outcome, "[Errno -2] Name or service not known")
+
+
+def sample(metrics: sa.Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    assert value is not None, f"{name}{labels} missing"
+    return value
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+
+def test_backoff_doubles_from_first_up_to_cap_and_resets_on_success() -> None:
+    b = sa.Backoff(0.25, 5.0)
+    assert [b.failure() for _ in range(7)] == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    b.success()
+    assert b.failure() == 0.25
+
+
+def test_backoff_never_exceeds_a_cap_smaller_than_first_and_survives_long_outages() -> None:
+    b = sa.Backoff(0.25, 0.1)
+    assert b.failure() == 0.1
+    for _ in range(2000):
+        assert b.failure() == 0.1
+
+
+def test_choose_gateway_keeps_current_answer_else_lowest_address() -> None:
+    assert sa.choose_gateway([], "10.0.0.1") is None
+    assert sa.choose_gateway(["10.0.0.9", "10.0.0.3"], "10.0.0.9") == "10.0.0.9"
+    assert sa.choose_gateway(["10.0.0.9", "10.0.0.10"], None) == "10.0.0.9"
+    # numeric, not lexical order
+    assert sa.choose_gateway(["10.0.0.10", "10.0.0.9"], "10.0.0.1") == "10.0.0.9"
+    assert sa.choose_gateway(["fd00::10", "fd00::9"], None) == "fd00::9"
+
+
+def test_usable_addresses_drops_link_local_and_duplicates() -> None:
+    got = sa.usable_addresses(["fe80::1", "10.0.0.2", "10.0.0.2", "fd00::2", "0.0.0.0", "junk"])
+    assert got == ("10.0.0.2", "fd00::2")
+
+
+def test_outcome_of_tells_a_missing_name_from_a_resolver_failure() -> None:
+    assert sa.outcome_of(socket.gaierror(socket.EAI_NONAME, "Name or service not known")) \
+        == "not_found"
+    assert sa.outcome_of(socket.gaierror(socket.EAI_AGAIN, "Temporary failure")) == "error"
+    assert sa.outcome_of(OSError(110, "timed out")) == "error"
+
+
+# --- the keeper ----------------------------------------------------------------------------------
+
+def test_first_answer_installs_route_and_makes_ready(keeper: Any) -> None:
+    k, routes, metrics, _ = keeper
+    assert k.unmet() and k.unmet()[0].startswith("default_route: ")
+    k.handle(ok(V4, "10.0.0.1"))
+    assert routes.slot[V4] == "10.0.0.1"
+    assert k.unmet() == []
+    assert sample(metrics, "anchord_gateway_route_replaces_total", family="ipv4") == 1
+    assert sample(metrics, "anchord_default_route_present", family="ipv4") == 1
+    assert sample(metrics, "anchord_default_route_present", family="ipv6") == 0
+    assert sample(metrics, "anchord_gateway_resolve_total", family="ipv4", outcome="ok") == 1
+
+
+def test_same_answer_again_writes_nothing(keeper: Any) -> None:
+    k, routes, metrics, _ = keeper
+    k.handle(ok(V4, "10.0.0.1"))
+    k.handle(ok(V4, "10.0.0.1"))
+    k.handle(ok(V4, "10.0.0.1", "10.0.0.0"))  # the current one is still an answer: stay
+    assert routes.replaces == [(V4, "10.0.0.1")]
+    assert sample(metrics, "anchord_gateway_route_replaces_total", family="ipv4") == 1
+
+
+def test_changed_answer_replaces_route(keeper: Any) -> None:
+    k, routes, metrics, _ = keeper
+    k.handle(ok(V6, "fd00::1"))
+    k.handle(ok(V6, "fd00::3"))
+    assert routes.replaces == [(V6, "fd00::1"), (V6, "fd00::3")]
+    assert sample(metrics, "anchord_gateway_route_replaces_total", family="ipv6") == 2
+
+
+def test_route_changed_behind_its_back_is_put_back_at_next_answer(keeper: Any) -> None:
+    k, routes, _, _ = keeper
+    k.handle(ok(V4, "10.0.0.1"))
+    routes.slot[V4] = "10.0.0.254"
+    k.refresh()
+    assert k.unmet()  # no longer via the gateway: not ready
+    k.handle(ok(V4, "10.0.0.1"))
+    assert routes.slot[V4] == "10.0.0.1" and k.unmet() == []
+
+
+def test_failure_keeps_last_route_and_retries_with_backoff(keeper: Any) -> None:
+    k, routes, metrics, clock = keeper
+    k.handle(ok(V4, "10.0.0.1"))
+    assert k.states[V4].due == clock.now + 5.0
+    k.handle(failed(V4))
+    assert routes.slot[V4] == "10.0.0.1" and k.unmet() == []
+    assert k.states[V4].due == clock.now + sa.BACKOFF_FIRST
+    k.handle(failed(V4, "error"))
+    assert k.states[V4].due == clock.now + 2 * sa.BACKOFF_FIRST
+    assert sample(metrics, "anchord_gateway_resolve_total", family="ipv4", outcome="not_found") \
+        == 1
+    assert sample(metrics, "anchord_gateway_resolve_total", family="ipv4", outcome="error") == 1
+    k.handle(ok(V4, "10.0.0.1"))  # success resets the backoff
+    assert k.states[V4].due == clock.now + 5.0
+
+
+def test_nothing_resolves_reports_why_not_ready(keeper: Any) -> None:
+    k, _, _, _ = keeper
+    k.handle(failed(V4))
+    k.handle(failed(V6))
+    (line,) = k.unmet()
+    assert line.startswith("default_route: none via anchord")
+    assert "ipv4: [Errno -2]" in line and "ipv6: [Errno -2]" in line
+
+
+def test_refused_replace_counts_error_retries_soon_and_stays_unready(keeper: Any) -> None:
+    k, routes, metrics, clock = keeper
+    routes.refuse = "10.9.9.9"
+    k.handle(ok(V4, "10.9.9.9"))
+    assert routes.slot[V4] is None and k.unmet()
+    assert sample(metrics, "anchord_gateway_route_errors_total", family="ipv4") == 1
+    assert k.states[V4].due == clock.now + sa.BACKOFF_FIRST
+
+
+def test_teardown_removes_only_routes_still_its_own(keeper: Any) -> None:
+    k, routes, _, _ = keeper
+    k.handle(ok(V4, "10.0.0.1"))
+    k.handle(ok(V6, "fd00::1"))
+    routes.slot[V6] = "fd00::99"  # somebody else's now
+    k.teardown()
+    assert routes.slot == {V4: None, V6: "fd00::99"}
+
+
+def test_existing_route_via_the_answer_is_adopted_without_a_write(keeper: Any) -> None:
+    k, routes, _, _ = keeper
+    routes.slot[V4] = "10.0.0.1"  # left by a previous instance
+    k.handle(ok(V4, "10.0.0.1"))
+    assert routes.replaces == [] and k.unmet() == []
+    k.teardown()
+    assert routes.slot[V4] is None
+
+
+# --- health file ---------------------------------------------------------------------------------
+
+def test_health_file_follows_readiness(keeper: Any, tmp_path: Path) -> None:
+    k, _, _, _ = keeper
+    path = tmp_path / sa.HEALTH_FILE
+    k.refresh()
+    state = json.loads(path.read_text())
+    assert state["ready"] is False and "default_route" in state["conditions"]
+    assert state["pid"] == os.getpid() and state["mode"] == "service-anchor"
+    k.handle(ok(V4, "10.0.0.1"))
+    state = json.loads(path.read_text())
+    assert state["ready"] is True and state["conditions"] == {}
+    assert state["routes"] == {"ipv4": "10.0.0.1", "ipv6": None}
+    assert state["stale_after"] > 0 and state["ts"] > 0
+    assert [p.name for p in tmp_path.iterdir()] == [sa.HEALTH_FILE]  # no temp file left
+
+
+def test_health_file_rewritten_on_change_or_when_due_only(tmp_path: Path) -> None:
+    clock = Clock()
+    hf = sa.HealthFile(tmp_path / "run" / "health.json", clock=clock)
+    hf.update(True, {}, {"ipv4": "10.0.0.1"})
+    first = hf.path.stat().st_mtime_ns
+    hf.path.write_text("marker")
+    clock.now += 1
+    hf.update(True, {}, {"ipv4": "10.0.0.1"})
+    assert hf.path.read_text() == "marker"  # unchanged and fresh: not rewritten
+    clock.now += sa.HEALTH_REFRESH
+    hf.update(True, {}, {"ipv4": "10.0.0.1"})
+    assert json.loads(hf.path.read_text())["ts"] == clock.now
+    hf.update(False, {"default_route": "x"}, {"ipv4": None})
+    assert json.loads(hf.path.read_text())["ready"] is False
+    assert first > 0
+    hf.remove()
+    hf.remove()  # idempotent
+    assert not hf.path.exists()
+
+
+def test_health_file_that_cannot_be_written_does_not_raise(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    hf = sa.HealthFile(blocker / "health.json")  # parent is a file: mkdir fails
+    hf.update(True, {}, {})
+    hf.update(False, {}, {})
+
+
+# --- lookups -------------------------------------------------------------------------------------
+
+def test_lookups_deliver_results_wake_the_loop_and_run_one_per_family() -> None:
+    release = threading.Event()
+
+    def resolver(host: str, family: int) -> sa.Resolution:
+        release.wait(5)
+        return ok(family, "10.0.0.1" if family == V4 else "fd00::1")
+
+    r, w = os.pipe()
+    try:
+        lookups = sa.Lookups("anchord", w, resolver=resolver)
+        assert lookups.start(V4) and lookups.start(V6)
+        assert not lookups.start(V4)  # still running
+        assert lookups.results() == []
+        release.set()
+        assert os.read(r, 1) == b"r"
+        got: list[sa.Resolution] = []
+        while len(got) < 2:
+            os.read(r, 1)  # blocks until the other thread is done too
+            got += lookups.results()
+        assert sorted(res.family for res in got) == [V4, V6]
+        assert lookups.start(V4)  # done: a new one may start
+    finally:
+        release.set()
+        os.close(r)
+        os.close(w)
+
+
+def test_listener_that_cannot_bind_is_a_warning_not_a_crash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 192.0.2.1 (TEST-NET-1) is on no interface here: bind fails, nothing is sent anywhere.
+    listener = serve(MetricsAddr("192.0.2.1", 9090), sa.Metrics().registry, lambda: [])
+    assert listener is None
+    assert "cannot listen" in caplog.text
