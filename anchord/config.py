@@ -196,8 +196,11 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
     lines = []
     for name in sorted(env):
         if name.startswith("ANCHORD_") and name not in KNOWN_VARIABLES:
-            close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else ""
+            # Compare without the shared prefix, which would make everything look close.
+            suffixes = [known.removeprefix("ANCHORD_") for known in KNOWN_VARIABLES]
+            close = difflib.get_close_matches(name.removeprefix("ANCHORD_"), suffixes, n=1,
+                                              cutoff=0.6)
+            hint = f"; did you mean ANCHORD_{close[0]}?" if close else ""
             lines.append(f"unknown variable {name} is ignored{hint}")
     return lines
 
