@@ -43,7 +43,9 @@ COPY supervisord.conf /etc/anchord/supervisord.conf
 ENV PATH=/opt/anchord/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN anchord --help >/dev/null
+# supervisorctl finds its configuration at /etc/supervisord.conf with no arguments.
+RUN ln -s /etc/anchord/supervisord.conf /etc/supervisord.conf \
+    && anchord --help >/dev/null
 # `anchord healthcheck` works whether or not the metrics listener is enabled.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["anchord", "healthcheck"]

@@ -1,0 +1,1 @@
+"""anchord end-to-end suite: the real image under Docker Compose (see conftest.py)."""
