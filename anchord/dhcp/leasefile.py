@@ -1,0 +1,155 @@
+"""The lease file: where a lease survives a restart of the worker or of the container.
+
+Owns the file format (JSON, one object per family), the atomic write (temporary
+file + fsync + rename, so a crash leaves the old file or the new one, never half)
+and the validation on read: the file is input like any packet, so a corrupt,
+foreign (another MAC or interface) or ill-typed file is ignored with a warning.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+@dataclass(frozen=True)
+class StoredLease:
+    """One family's lease as kept on disk (times are unix seconds)."""
+
+    family: int
+    address: str  # without prefix
+    prefixlen: int
+    server: str  # server identifier (v4 address) or server DUID hex (v6)
+    router: str
+    lease_time: float
+    t1: float
+    t2: float
+    acquired: float  # wall time the lease was granted
+    iaid: int = 0  # DHCPv6 only
+    preferred: float = 0.0  # DHCPv6 preferred lifetime
+    server_mac: str = ""  # DHCPv4: L2 next hop towards the server, for unicast renewals
+
+    @property
+    def expiry(self) -> float:
+        return self.acquired + self.lease_time
+
+
+class LeaseFile:
+    """``<state_dir>/<iface>.lease``: the leases of one external interface."""
+
+    def __init__(self, state_dir: Path, iface: str, mac: str) -> None:
+        self.path = state_dir / f"{iface}.lease"
+        self.iface = iface
+        self.mac = mac.lower()
+
+    def load(self) -> dict[int, StoredLease]:
+        """The stored leases by family; {} (with a warning) if missing parts are bad."""
+        try:
+            raw = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            log.warning("lease file unreadable, ignored",
+                        extra={"fields": {"path": str(self.path), "error": str(exc)}})
+            return {}
+        try:
+            doc = json.loads(raw)
+            return self._validate(doc)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("lease file corrupt or foreign, ignored",
+                        extra={"fields": {"path": str(self.path), "error": str(exc)[:200]}})
+            return {}
+
+    def _validate(self, doc: Any) -> dict[int, StoredLease]:
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError("not an anchord lease file of format 1")
+        if doc.get("mac") != self.mac or doc.get("iface") != self.iface:
+            raise ValueError(f"lease file of {doc.get('iface')}/{doc.get('mac')}, "
+                             f"not {self.iface}/{self.mac}")
+        leases = doc.get("leases")
+        if not isinstance(leases, list):
+            raise ValueError("leases is not a list")
+        out: dict[int, StoredLease] = {}
+        for item in leases:
+            lease = _lease_from(item)
+            out[lease.family] = lease
+        return out
+
+    def save(self, leases: dict[int, StoredLease]) -> None:
+        """Replace the file atomically with ``leases`` (an empty dict removes the file)."""
+        if not leases:
+            self.remove()
+            return
+        doc = {"format": FORMAT, "iface": self.iface, "mac": self.mac,
+               "leases": [asdict(lease) for lease in leases.values()]}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(doc, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def remove(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _num(item: dict[str, Any], key: str, default: float | None = None) -> float:
+    value = item.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{key} is not a non-negative number")
+    return float(value)
+
+
+def _lease_from(item: Any) -> StoredLease:
+    if not isinstance(item, dict):
+        raise ValueError("lease is not an object")
+    family = item.get("family")
+    if family not in (4, 6):
+        raise ValueError("family is not 4 or 6")
+    address = ipaddress.ip_address(str(item["address"]))
+    if address.version != family or address.is_multicast or address.is_unspecified:
+        raise ValueError("address is not a unicast address of its family")
+    prefixlen = item.get("prefixlen")
+    if not isinstance(prefixlen, int) or not 1 <= prefixlen <= (32 if family == 4 else 128):
+        raise ValueError("bad prefixlen")
+    router = str(item.get("router", ""))
+    if router:
+        ipaddress.ip_address(router)
+    server = item.get("server", "")
+    if not isinstance(server, str) or len(server) > 300:
+        raise ValueError("bad server")
+    server_mac = item.get("server_mac", "")
+    if not isinstance(server_mac, str) or (server_mac and not _MAC.match(server_mac)):
+        raise ValueError("bad server_mac")
+    iaid = item.get("iaid", 0)
+    if not isinstance(iaid, int) or not 0 <= iaid < 2**32:
+        raise ValueError("bad iaid")
+    return StoredLease(
+        family=family, address=str(address), prefixlen=prefixlen, server=server, router=router,
+        lease_time=_num(item, "lease_time"), t1=_num(item, "t1"), t2=_num(item, "t2"),
+        acquired=_num(item, "acquired"), iaid=iaid, preferred=_num(item, "preferred", 0.0),
+        server_mac=server_mac,
+    )

@@ -1,0 +1,159 @@
+"""The macvlan child on the LAN: create it, adopt it, replace it, follow its parent.
+
+Owns the external interface's existence and shape: a macvlan child in bridge
+mode of the parent with the project's MAC, up, with the IPv6 sysctls SLAAC
+needs. A child left by a previous worker is adopted as is when its shape is
+right (a restart must not disturb traffic) and replaced when it is not. The
+parent may be missing or down: ``ensure`` reports it and the caller retries
+with backoff. Also resolves a parent given as a Compose network name through
+the MACs of the ``NetworkMap`` the discovery worker publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from bus.events import NetworkMap
+
+log = logging.getLogger(__name__)
+
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
+MACVLAN_MODE_BRIDGE = "bridge"
+# SLAAC on the child even when the container forwards (accept_ra=2), with the
+# EUI-64 host part (addr_gen_mode=0) so the v6 address is as stable as the MAC.
+V6_SYSCTLS = (("disable_ipv6", "0"), ("addr_gen_mode", "0"), ("accept_ra", "2"),
+              ("autoconf", "1"), ("accept_dad", "1"))
+
+
+@dataclass(frozen=True)
+class LinkStatus:
+    """What ``ensure`` found or made."""
+
+    parent: str  # the resolved parent interface ("" if unresolved)
+    index: int = 0  # the child's ifindex, 0 if there is no child
+    up: bool = False  # the child is up with carrier (the parent is up)
+    created: bool = False  # the child was (re)created by this call: its addresses are gone
+    problem: str = ""  # why there is no usable child, for logs and status
+
+
+def resolve_parent(ipr: IPRoute, name: str, child: str, network_map: NetworkMap | None) -> str:
+    """The interface to use as parent: ``name`` itself if it exists, else the
+    interface whose MAC the NetworkMap gives for the Compose network ``name``."""
+    if ipr.link_lookup(ifname=name):
+        return name
+    if network_map is None:
+        return ""
+    macs = {a.mac.lower() for a in network_map.networks
+            if name in (a.network, a.alias) or a.network.endswith(f"_{name}")}
+    if not macs:
+        return ""
+    for link in ipr.get_links():
+        ifname = link.get_attr("IFLA_IFNAME")
+        if ifname == child or ifname == "lo":
+            continue
+        if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "macvlan":
+            continue
+        if str(link.get_attr("IFLA_ADDRESS") or "").lower() in macs:
+            return str(ifname)
+    return ""
+
+
+class ChildLink:
+    """The macvlan child ``name`` with MAC ``mac``."""
+
+    def __init__(self, ipr: IPRoute, name: str, mac: str) -> None:
+        self.ipr = ipr
+        self.name = name
+        self.mac = mac.lower()
+
+    def _lookup(self, ifname: str) -> int:
+        found = self.ipr.link_lookup(ifname=ifname)
+        return int(found[0]) if found else 0
+
+    def _shape_problem(self, index: int, parent_index: int) -> str:
+        """Why the existing child is not ours as it should be ("" when it is)."""
+        link = self.ipr.get_links(index)[0]
+        kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+        if kind != "macvlan":
+            return f"kind {kind}"
+        mode = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_MACVLAN_MODE")
+        if mode != MACVLAN_MODE_BRIDGE:
+            return f"mode {mode}"
+        if link.get_attr("IFLA_LINK_NETNSID") is not None:
+            return "parent in another namespace"
+        if link.get_attr("IFLA_LINK") != parent_index:
+            return f"parent index {link.get_attr('IFLA_LINK')}"
+        mac = str(link.get_attr("IFLA_ADDRESS") or "").lower()
+        if mac != self.mac:
+            return f"mac {mac}"
+        return ""
+
+    def ensure(self, parent: str) -> LinkStatus:
+        """Make the child exist with the right shape and be up; never raises on netlink."""
+        try:
+            return self._ensure(parent)
+        except NetlinkError as exc:
+            return LinkStatus(parent, problem=f"netlink error {exc.code}: {exc}")
+        except OSError as exc:
+            return LinkStatus(parent, problem=f"{type(exc).__name__}: {exc}")
+
+    def _ensure(self, parent: str) -> LinkStatus:
+        if not parent:
+            return LinkStatus(parent, problem="parent not resolved yet")
+        parent_index = self._lookup(parent)
+        if not parent_index:
+            return LinkStatus(parent, problem=f"parent {parent} missing")
+        created = False
+        index = self._lookup(self.name)
+        if index:
+            problem = self._shape_problem(index, parent_index)
+            if problem:
+                log.warning("replacing a child of the wrong shape",
+                            extra={"fields": {"iface": self.name, "problem": problem}})
+                self.ipr.link("del", index=index)
+                index = 0
+        if not index:
+            self.ipr.link("add", ifname=self.name, kind="macvlan", link=parent_index,
+                          macvlan_mode=MACVLAN_MODE_BRIDGE, address=self.mac)
+            index = self._lookup(self.name)
+            if not index:
+                return LinkStatus(parent, problem="child vanished after creation")
+            created = True
+            log.info("macvlan child created", extra={"fields": {
+                "iface": self.name, "parent": parent, "mac": self.mac}})
+        self._sysctls()
+        link = self.ipr.get_links(index)[0]
+        if not link["flags"] & IFF_UP:
+            self.ipr.link("set", index=index, state="up")
+            link = self.ipr.get_links(index)[0]
+        up = bool(link["flags"] & IFF_LOWER_UP)
+        return LinkStatus(parent, index=index, up=up, created=created,
+                          problem="" if up else f"parent {parent} down")
+
+    def _sysctls(self) -> None:
+        base = Path("/proc/sys/net/ipv6/conf") / self.name
+        for key, value in V6_SYSCTLS:
+            path = base / key
+            try:
+                if path.read_text().strip() != value:
+                    path.write_text(value)
+            except OSError as exc:
+                # No IPv6 in this namespace: v4 still works (F-1).
+                log.debug("ipv6 sysctl not set", extra={"fields": {"key": key,
+                                                                   "error": str(exc)}})
+
+    def remove(self) -> None:
+        index = self._lookup(self.name)
+        if index:
+            try:
+                self.ipr.link("del", index=index)
+                log.info("macvlan child removed", extra={"fields": {"iface": self.name}})
+            except NetlinkError as exc:
+                log.warning("could not remove the child", extra={"fields": {
+                    "iface": self.name, "error": str(exc)}})

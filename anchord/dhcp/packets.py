@@ -1,0 +1,286 @@
+"""DHCPv4 on the wire: build client messages with scapy, parse server replies strictly.
+
+Owns the DHCPv4 message format. scapy builds every frame we send and decodes the
+Ethernet/IP/UDP/BOOTP headers of what we receive; the options of a received
+message are walked by our own strict TLV parser because scapy's is lenient by
+design (it turns a bad length or a missing end option into a best guess), and
+every received packet is untrusted: anything malformed raises ``Malformed``,
+which the caller counts and drops.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+from scapy.layers.dhcp import BOOTP, DHCP
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import ARP, Ether
+
+BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
+MAGIC = b"\x63\x82\x53\x63"
+MAX_MESSAGE = 1500  # we announce 1500 (option 57); anything larger is not for us
+
+DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6, 7, 8
+TYPE_NAMES = {1: "discover", 2: "offer", 3: "request", 4: "decline", 5: "ack", 6: "nak",
+              7: "release", 8: "inform"}
+# subnet mask, router, DNS, hostname, domain, broadcast, lease time, server id, T1, T2,
+# classless static routes (RFC 3442)
+PARAMETER_REQUEST = [1, 3, 6, 12, 15, 28, 51, 54, 58, 59, 121]
+
+
+class Malformed(ValueError):
+    """A received packet that is not a well-formed reply for us; ``reason`` is a counter key."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A validated DHCPv4 server reply (only the fields the client uses)."""
+
+    msg_type: int
+    xid: int
+    yiaddr: str
+    server_id: str  # option 54, "" if absent (allowed in NAK)
+    src_ip: str
+    prefixlen: int
+    router: str
+    lease_time: int  # 0 if absent (allowed in OFFER/NAK)
+    t1: int  # 0 if absent
+    t2: int
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes(int(part, 16) for part in mac.split(":"))
+
+
+def client_id(mac: str) -> bytes:
+    """Option 61: hardware type 1 + MAC, stable because the MAC is."""
+    return b"\x01" + mac_bytes(mac)
+
+
+def fqdn(hostname: str) -> bytes:
+    """Option 81 (RFC 4702): flags S+E (server updates A, wire-format name), rcodes, name."""
+    wire = b"".join(bytes([len(label)]) + label.encode("ascii")
+                    for label in hostname.split(".") if label)
+    return bytes([0x05, 0, 0]) + wire
+
+
+def build(
+    msg_type: int,
+    mac: str,
+    xid: int,
+    hostname: str,
+    *,
+    requested: str = "",
+    server_id: str = "",
+    ciaddr: str = "0.0.0.0",
+    src_ip: str = "0.0.0.0",
+    dst_ip: str = "255.255.255.255",
+    dst_mac: str = BROADCAST_MAC,
+    secs: int = 0,
+) -> bytes:
+    """One client message as an Ethernet frame ready for the AF_PACKET socket."""
+    options: list[tuple[str, object] | str] = [
+        ("message-type", msg_type),
+        ("client_id", client_id(mac)),
+    ]
+    if msg_type in (DISCOVER, REQUEST, INFORM):
+        options += [("max_dhcp_size", MAX_MESSAGE), ("hostname", hostname.encode()),
+                    ("client_FQDN", fqdn(hostname)),
+                    ("param_req_list", PARAMETER_REQUEST)]
+    if requested:
+        options.append(("requested_addr", requested))
+    if server_id:
+        options.append(("server_id", server_id))
+    options.append("end")
+    frame = (
+        Ether(src=mac, dst=dst_mac)
+        / IP(src=src_ip, dst=dst_ip, ttl=64)
+        / UDP(sport=68, dport=67)
+        / BOOTP(op=1, htype=1, hlen=6, xid=xid, secs=min(secs, 0xFFFF), ciaddr=ciaddr,
+                chaddr=mac_bytes(mac) + b"\x00" * 10)
+        / DHCP(options=options)
+    )
+    return bytes(frame)
+
+
+def arp_probe(mac: str, target: str) -> bytes:
+    """RFC 5227 probe: sender IP 0.0.0.0, target the address we want."""
+    return bytes(Ether(src=mac, dst=BROADCAST_MAC)
+                 / ARP(op=1, hwsrc=mac, psrc="0.0.0.0", hwdst="00:00:00:00:00:00", pdst=target))
+
+
+def arp_announce(mac: str, address: str) -> bytes:
+    """Gratuitous ARP (RFC 5227 announcement): sender and target both our address."""
+    return bytes(Ether(src=mac, dst=BROADCAST_MAC)
+                 / ARP(op=1, hwsrc=mac, psrc=address, hwdst="00:00:00:00:00:00", pdst=address))
+
+
+def parse_options(data: bytes) -> dict[int, bytes]:
+    """Strict TLV walk of the options field (after the magic cookie).
+
+    A length running past the end, a missing end option, a repeated option
+    (RFC 3396 concatenation is not worth the attack surface for a client) are
+    errors.
+    """
+    options: dict[int, bytes] = {}
+    i = 0
+    while True:
+        if i >= len(data):
+            raise Malformed("missing_end")
+        code = data[i]
+        if code == 255:
+            return options
+        if code == 0:
+            i += 1
+            continue
+        if i + 1 >= len(data):
+            raise Malformed("truncated_option", f"option {code}")
+        length = data[i + 1]
+        value = data[i + 2:i + 2 + length]
+        if len(value) != length:
+            raise Malformed("bad_option_length", f"option {code} length {length}")
+        if code in options:
+            raise Malformed("repeated_option", f"option {code}")
+        options[code] = value
+        i += 2 + length
+
+
+def _ip4(value: bytes | None, what: str) -> str:
+    if value is None or len(value) != 4:
+        raise Malformed("bad_option_length", what)
+    return str(ipaddress.IPv4Address(value))
+
+
+def _u32(value: bytes | None, what: str) -> int:
+    if value is None:
+        return 0
+    if len(value) != 4:
+        raise Malformed("bad_option_length", what)
+    return int(struct.unpack("!I", value)[0])
+
+
+def _prefixlen(value: bytes | None, yiaddr: str) -> int:
+    if value is None:
+        # No mask: assume the classful default is wrong more often than /24 is.
+        return 24
+    mask = _ip4(value, "subnet mask")
+    try:
+        return ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen
+    except ValueError as exc:
+        raise Malformed("bad_subnet_mask", mask) from exc
+
+
+def classless_default(value: bytes) -> str | None:
+    """The default route's gateway from option 121 (RFC 3442), None if it has none.
+
+    Raises Malformed on a bad encoding (a zero-length option, a width above 32,
+    a descriptor running past the end).
+    """
+    if not value:
+        raise Malformed("bad_option_121", "zero length")
+    i = 0
+    gateway: str | None = None
+    while i < len(value):
+        width = value[i]
+        if width > 32:
+            raise Malformed("bad_option_121", f"width {width}")
+        significant = (width + 7) // 8
+        end = i + 1 + significant + 4
+        if end > len(value):
+            raise Malformed("bad_option_121", "descriptor past the end")
+        if width == 0:
+            gateway = str(ipaddress.IPv4Address(value[end - 4:end]))
+        i = end
+    return gateway
+
+
+def _usable(address: str) -> bool:
+    ip = ipaddress.IPv4Address(address)
+    return not (ip.is_unspecified or ip.is_multicast or ip.is_loopback
+                or ip == ipaddress.IPv4Address("255.255.255.255"))
+
+
+def parse_reply(frame: bytes, mac: str, xid: int) -> Reply:
+    """Validate ``frame`` as a DHCPv4 reply to transaction ``xid`` for ``mac``."""
+    if len(frame) > 14 + 60 + 8 + MAX_MESSAGE + 512:
+        raise Malformed("oversized", str(len(frame)))
+    try:
+        pkt = Ether(frame)
+    except Exception as exc:
+        raise Malformed("undecodable", type(exc).__name__) from exc
+    if IP not in pkt or UDP not in pkt or pkt[UDP].dport != 68 or pkt[UDP].sport != 67:
+        raise Malformed("not_dhcp")
+    payload = bytes(pkt[UDP].payload)
+    if len(payload) < 240:
+        raise Malformed("truncated", f"{len(payload)} bytes")
+    op, htype, hlen = payload[0], payload[1], payload[2]
+    (rxid,) = struct.unpack("!I", payload[4:8])
+    if op != 2 or htype != 1 or hlen != 6:
+        raise Malformed("not_reply")
+    if rxid != xid:
+        raise Malformed("wrong_xid")
+    if payload[28:34] != mac_bytes(mac):
+        raise Malformed("wrong_mac")
+    if payload[236:240] != MAGIC:
+        raise Malformed("no_magic")
+    options = parse_options(payload[240:])
+    mtype = options.get(53, b"")
+    if len(mtype) != 1 or mtype[0] not in (OFFER, ACK, NAK):
+        raise Malformed("bad_message_type")
+    msg_type = mtype[0]
+    yiaddr = str(ipaddress.IPv4Address(payload[16:20]))
+    server_id = _ip4(options[54], "server id") if 54 in options else ""
+    if msg_type == NAK:
+        return Reply(NAK, rxid, yiaddr, server_id, str(pkt[IP].src), 0, "", 0, 0, 0)
+    if not _usable(yiaddr):
+        raise Malformed("bad_yiaddr", yiaddr)
+    if not server_id:
+        raise Malformed("no_server_id")
+    lease_time = _u32(options.get(51), "lease time")
+    if msg_type == ACK and lease_time == 0:
+        raise Malformed("no_lease_time")
+    prefixlen = _prefixlen(options.get(1), yiaddr)
+    router = ""
+    if 121 in options:
+        try:
+            router = classless_default(options[121]) or ""
+        except Malformed:
+            # A bad option 121 is ignored as a whole, the rest of the reply is fine.
+            router = ""
+    if not router and 3 in options:
+        routers = options[3]
+        if not routers or len(routers) % 4:
+            raise Malformed("bad_option_length", "router")
+        router = str(ipaddress.IPv4Address(routers[:4]))
+    if router and not _usable(router):
+        router = ""
+    t1 = _u32(options.get(58), "T1")
+    t2 = _u32(options.get(59), "T2")
+    return Reply(msg_type, rxid, yiaddr, server_id, str(pkt[IP].src), prefixlen, router,
+                 lease_time, t1, t2)
+
+
+@dataclass(frozen=True)
+class ArpSeen:
+    op: int
+    sender_mac: str
+    sender_ip: str
+    target_ip: str
+
+
+def parse_arp(frame: bytes) -> ArpSeen:
+    if len(frame) < 42:
+        raise Malformed("truncated_arp")
+    htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", frame[14:22])
+    if htype != 1 or ptype != 0x0800 or hlen != 6 or plen != 4:
+        raise Malformed("not_ethernet_arp")
+    sender_mac = ":".join(f"{b:02x}" for b in frame[22:28])
+    sender_ip = str(ipaddress.IPv4Address(frame[28:32]))
+    target_ip = str(ipaddress.IPv4Address(frame[38:42]))
+    return ArpSeen(op, sender_mac, sender_ip, target_ip)

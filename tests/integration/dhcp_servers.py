@@ -1,0 +1,323 @@
+"""Real DHCP servers and a dhcp worker process, in namespaces a test made.
+
+Owns the test bed of the dhcp worker's integration tests: a LAN namespace with
+a bridge, server namespaces attached to it (dnsmasq, ISC Kea, radvd, each with
+its config and lease file in a temporary directory), the anchor namespace whose
+``eth0`` is the VLAN parent, and the worker itself run as a real process in the
+anchor namespace (``python3 -m tests.integration.dhcp_servers worker``) with a
+bus stand-in that writes every published event as a JSON line to a file, so a
+test reads exactly what the worker told the bus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.netns import Netns, Topology, sh, topology, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+LAN_V4 = "10.77.0"
+LAN_V6 = "fd77::"
+MAC = "02:42:aa:bb:cc:01"
+
+
+class Lan:
+    """A LAN bridge in its own namespace, an anchor namespace plugged into it."""
+
+    def __init__(self, topo: Topology, tmp: Path) -> None:
+        self.topo = topo
+        self.tmp = tmp
+        self.lan = topo.netns("lan")
+        self.lan.run("ip", "link", "add", "br0", "type", "bridge")
+        self.lan.run("ip", "link", "set", "br0", "up")
+        self.lan.sysctl("net.ipv6.conf.all.disable_ipv6", "0")
+        self.anchor = topo.netns("anc")
+        self.ports = 0
+        self.plug(self.anchor, "eth0")
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def plug(self, ns: Netns, ifname: str, address: str = "", address6: str = "") -> None:
+        """Connect ``ns`` to the bridge with interface ``ifname``."""
+        self.ports += 1
+        port = f"p{self.ports}"
+        self.topo.veth(ns, ifname, self.lan, port)
+        self.lan.run("ip", "link", "set", port, "master", "br0")
+        if address:
+            ns.run("ip", "addr", "add", address, "dev", ifname)
+        if address6:
+            ns.run("ip", "addr", "add", address6, "dev", ifname, "nodad")
+
+    def server_ns(self, role: str, last_octet: int) -> Netns:
+        ns = self.topo.netns(role)
+        self.plug(ns, "eth0", f"{LAN_V4}.{last_octet}/24", f"{LAN_V6}{last_octet}/64")
+        return ns
+
+    def start(self, ns: Netns, argv: Sequence[str], log: Path,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as fh:  # the child keeps its own copy of the descriptor
+            proc = ns.popen(list(argv), stdout=fh, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return int(proc.returncode)
+
+
+@contextmanager
+def lan(tmp: Path) -> Iterator[Lan]:
+    with topology("dh") as topo:
+        bed = Lan(topo, tmp)
+        try:
+            yield bed
+        finally:
+            bed.close()
+
+
+# --- servers -----------------------------------------------------------------
+
+
+class Dnsmasq:
+    """dnsmasq as DHCPv4 (and optionally DHCPv6 + RA) server on ``eth0`` of ``ns``."""
+
+    def __init__(self, bed: Lan, ns: Netns, name: str, *extra: str, first: int = 100,
+                 last: int = 150, lease: str = "2m") -> None:
+        self.leases = bed.tmp / f"{name}.leases"
+        self.log = bed.tmp / f"{name}.log"
+        argv = ["dnsmasq", "--no-daemon", "--port=0", "--interface=eth0", "--bind-interfaces",
+                "--log-dhcp", "--log-facility=-", f"--dhcp-leasefile={self.leases}",
+                f"--pid-file={bed.tmp / name}.pid", "--conf-file=/dev/null",
+                f"--dhcp-range={LAN_V4}.{first},{LAN_V4}.{last},255.255.255.0,{lease}",
+                *extra]
+        self.proc = bed.start(ns, argv, self.log)
+
+    def lines(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+class Kea4:
+    """ISC kea-dhcp4 with raw sockets and a memfile lease file in the test's directory."""
+
+    def __init__(self, bed: Lan, ns: Netns, name: str, *, valid: int = 30,
+                 pool: str = f"{LAN_V4}.160 - {LAN_V4}.170", authoritative: bool = False,
+                 renew: int = 0, rebind: int = 0) -> None:
+        self.leases = bed.tmp / f"{name}.leases4.csv"
+        self.log = bed.tmp / f"{name}.log"
+        subnet: dict[str, Any] = {
+            "id": 1, "subnet": f"{LAN_V4}.0/24", "pools": [{"pool": pool}],
+            "option-data": [{"name": "routers", "data": f"{LAN_V4}.1"}]}
+        dhcp4: dict[str, Any] = {
+            "interfaces-config": {"interfaces": ["eth0"], "dhcp-socket-type": "raw"},
+            "lease-database": {"type": "memfile", "persist": True, "name": str(self.leases),
+                               "lfc-interval": 0},
+            "valid-lifetime": valid, "authoritative": authoritative,
+            "subnet4": [subnet],
+            "loggers": [{"name": "kea-dhcp4", "severity": "DEBUG", "debuglevel": 40,
+                         "output_options": [{"output": "stdout"}]}],
+        }
+        if renew:
+            dhcp4["renew-timer"] = renew
+            dhcp4["rebind-timer"] = rebind
+        conf = bed.tmp / f"{name}.json"
+        conf.write_text(json.dumps({"Dhcp4": dhcp4}))
+        env = {"KEA_PIDFILE_DIR": str(bed.tmp), "KEA_LOCKFILE_DIR": str(bed.tmp)}
+        self.proc = bed.start(ns, ["kea-dhcp4", "-c", str(conf)], self.log, env)
+
+    def lines(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+# --- the worker ----------------------------------------------------------------
+
+
+class Worker:
+    """One dhcp worker process in the anchor namespace, with its event file."""
+
+    def __init__(self, bed: Lan, *, hostname: str = "proj-one", mac: str = MAC,
+                 backoff_max: float = 8.0, network_map: dict[str, Any] | None = None,
+                 parent: str = "eth0", iface: str = "anchord-ext") -> None:
+        self.bed = bed
+        self.state_dir = bed.tmp / "state"
+        self.run_dir = bed.tmp / "run"
+        self.run_dir.mkdir(exist_ok=True)
+        self.events = bed.tmp / "events.jsonl"
+        self.log = bed.tmp / "worker.log"
+        self.iface = iface
+        self.spec = {"hostname": hostname, "mac": mac, "backoff_max": backoff_max,
+                     "state_dir": str(self.state_dir), "run_dir": str(self.run_dir),
+                     "events": str(self.events), "parent": parent, "iface": iface,
+                     "network_map": network_map}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    def start(self) -> Worker:
+        self.events.write_text("")
+        self.started_at = time.monotonic()
+        self.proc = self.bed.start(
+            self.bed.anchor,
+            [sys.executable, "-m", "tests.integration.dhcp_servers", "worker",
+             json.dumps(self.spec)], self.log, {"PYTHONPATH": str(REPO)})
+        return self
+
+    def stop(self, shutdown: bool = False, sig: int = signal.SIGTERM) -> int:
+        marker = self.run_dir / "shutdown"
+        if shutdown:
+            marker.write_text("test\n")
+        assert self.proc is not None
+        code = stop(self.proc, sig)
+        marker.unlink(missing_ok=True)
+        return code
+
+    def published(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.events.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass  # a line being written right now
+        return out
+
+    def lease(self, family: int) -> dict[str, Any] | None:
+        """The latest lease state of ``family`` the worker published (None if lost/none)."""
+        current = None
+        for ev in self.published():
+            if ev["topic"] == "LeaseChanged/" and ev["data"]["lease"]["family"] == family:
+                current = ev["data"]
+            elif ev["topic"] == "LeaseLost/" and ev["data"]["family"] == family:
+                current = None
+        return current
+
+    def addresses(self, family: int = 4) -> list[str]:
+        out = self.bed.anchor.run("ip", "-j", f"-{family}", "addr", "show", "dev", self.iface,
+                                  check=False)
+        try:
+            doc = json.loads(out or "[]")
+        except ValueError:
+            return []
+        return [f"{a['local']}/{a['prefixlen']}" for link in doc for a in link.get("addr_info", [])
+                if a.get("scope") == "global"]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_lease(self, family: int = 4, timeout: float = 15.0,
+                   pred: Callable[[dict[str, Any]], bool] = lambda _: True) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            lease = self.lease(family)
+            return lease if lease is not None and pred(lease) else None
+        try:
+            return wait_until(check, timeout, what=f"a v{family} lease")
+        except TimeoutError:
+            print(self.log_text()[-4000:])
+            raise
+
+
+# --- the process side: run the worker with a file bus ------------------------------
+
+
+class FileBus:
+    """The BusClient contract, publishing to a JSON-lines file (tests read it)."""
+
+    def __init__(self, path: Path, inbox: Sequence[Any] = ()) -> None:
+        self.fh = open(path, "a", buffering=1)  # noqa: SIM115
+        self.ready_fds: set[int] = set()
+        self.watched: set[int] = set()
+        self.state: Callable[[], Sequence[Any]] = lambda: ()
+        self.inbox = list(inbox)
+        self.heartbeat = time.monotonic() + 5.0
+
+    def publish(self, event: Any) -> None:
+        self.fh.write(json.dumps({"topic": event.TOPIC, "t": time.time(),
+                                  "data": dataclasses.asdict(event)}) + "\n")
+
+    def set_state(self, provider: Callable[[], Sequence[Any]]) -> None:
+        self.state = provider
+
+    def state_changed(self) -> None:
+        for event in self.state():
+            self.publish(event)
+
+    def set_conditions(self, provider: object) -> None:
+        self.conditions = provider
+
+    def watch(self, fd: int) -> None:
+        self.watched.add(fd)
+
+    def unwatch(self, fd: int) -> None:
+        self.watched.discard(fd)
+
+    def poll(self, timeout: float) -> list[Any]:
+        if self.inbox:
+            events, self.inbox = self.inbox, []
+            return events
+        try:
+            ready, _, _ = select.select(list(self.watched), [], [], timeout)
+        except InterruptedError:
+            ready = []
+        self.ready_fds = set(ready)
+        if time.monotonic() >= self.heartbeat:
+            self.heartbeat = time.monotonic() + 5.0
+            self.state_changed()
+        return []
+
+
+def _worker_main(spec: dict[str, Any]) -> int:
+    from anchord.config import NetworkAnchorConfig
+    from anchord.lifecycle import Lifecycle
+    from bus.events import NetworkAttachment, NetworkMap
+    from workers import dhcp
+
+    logging.basicConfig(level=logging.DEBUG if os.environ.get("DHCP_DEBUG") else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stdout)
+    config = NetworkAnchorConfig(
+        project="proj", vlan_parent=spec["parent"], dhcp_hostname=spec["hostname"],
+        ext_mac=spec["mac"], ext_iface=spec["iface"], dhcp_backoff_max=spec["backoff_max"],
+        state_dir=Path(spec["state_dir"]), run_dir=Path(spec["run_dir"]))
+    inbox = []
+    if spec.get("network_map"):
+        inbox.append(NetworkMap(networks=tuple(
+            NetworkAttachment(**a) for a in spec["network_map"]["networks"])))
+    bus = FileBus(Path(spec["events"]), inbox)
+    life = Lifecycle(config.run_dir)
+    life.install_signal_handlers()
+    return dhcp.run(config, bus, life)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "worker":
+        sys.exit(_worker_main(json.loads(sys.argv[2])))
+    sys.exit("usage: python3 -m tests.integration.dhcp_servers worker '<json spec>'")
+
+
+__all__ = ["Dnsmasq", "Kea4", "Lan", "Worker", "lan", "sh", "stop", "wait_until"]

@@ -1,0 +1,88 @@
+"""The dhcp worker against real DHCPv4 servers (dnsmasq, ISC Kea) in namespaces."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.dhcp_servers import LAN_V4, MAC, Dnsmasq, Kea4, Lan, Worker, lan
+from tests.netns import wait_until
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Iterator[Lan]:
+    with lan(tmp_path) as b:
+        yield b
+
+
+def test_dnsmasq_v4_bound_with_hostname_route_and_mac(bed: Lan) -> None:
+    server = bed.server_ns("srv", 1)
+    dns = Dnsmasq(bed, server, "dnsmasq", f"--dhcp-option=3,{LAN_V4}.1")
+    worker = Worker(bed, hostname="proj-one").start()
+    lease = worker.wait_lease(4)["lease"]
+    address = lease["address"]
+    assert address.startswith(f"{LAN_V4}.") and address.endswith("/24")
+    assert lease["gateway"] == f"{LAN_V4}.1"
+    assert worker.addresses(4) == [address]
+    route = bed.anchor.run("ip", "-4", "route", "show", "default")
+    assert f"via {LAN_V4}.1 dev anchord-ext" in route
+    link = bed.anchor.run("ip", "-d", "link", "show", "anchord-ext")
+    assert MAC in link and "macvlan mode bridge" in link
+    # The server knows us by the hostname and the client id derived from the MAC.
+    wait_until(lambda: "proj-one" in dns.leases.read_text(), 5, what="hostname in leases")
+    assert f"01:{MAC}" in dns.leases.read_text()
+    # The LAN reaches the address (and an ARP probe came before binding).
+    server.run("ping", "-c1", "-W2", address.split("/")[0])
+    assert worker.stop() == 0
+
+
+def test_restart_keeps_address_init_reboot_and_shutdown_releases(bed: Lan) -> None:
+    server = bed.server_ns("srv", 1)
+    dns = Dnsmasq(bed, server, "dnsmasq")
+    worker = Worker(bed).start()
+    address = worker.wait_lease(4)["lease"]["address"]
+    ip = address.split("/")[0]
+    assert worker.stop() == 0  # a restart, not a shutdown: everything stays
+    assert worker.addresses(4) == [address]
+    discovers = dns.lines().count("DHCPDISCOVER")
+    worker.start()
+    worker.wait_lease(4, pred=lambda lease: lease["lease"]["address"] == address)
+    wait_until(lambda: "bound" in worker.log_text() and "rebooting" in worker.log_text(), 10,
+               what="init-reboot then bound")
+    # INIT-REBOOT: a REQUEST and no new DISCOVER seen by the server; same address throughout.
+    assert dns.lines().count("DHCPDISCOVER") == discovers
+    assert worker.addresses(4) == [address]
+    # Container shutdown: DHCPRELEASE reaches the server, the child is gone.
+    assert worker.stop(shutdown=True) == 0
+    wait_until(lambda: f"DHCPRELEASE(eth0) {ip}" in dns.lines(), 5, what="release at server")
+    assert "anchord-ext" not in bed.anchor.run("ip", "link", "show")
+    assert not (worker.state_dir / "anchord-ext.lease").exists()
+
+
+def test_recreated_worker_and_child_get_same_mac_and_address(bed: Lan) -> None:
+    server = bed.server_ns("srv", 1)
+    Dnsmasq(bed, server, "dnsmasq")
+    worker = Worker(bed).start()
+    address = worker.wait_lease(4)["lease"]["address"]
+    worker.stop()
+    # A new container: no lease file, no child; the server still knows the MAC/client id.
+    bed.anchor.run("ip", "link", "del", "anchord-ext")
+    (worker.state_dir / "anchord-ext.lease").unlink()
+    worker.start()
+    assert worker.wait_lease(4)["lease"]["address"] == address
+    assert MAC in bed.anchor.run("ip", "link", "show", "anchord-ext")
+
+
+def test_no_server_keeps_trying_with_backoff(bed: Lan) -> None:
+    worker = Worker(bed, backoff_max=2.0).start()
+    wait_until(lambda: worker.log_text().count("selecting") >= 1, 10, what="selecting")
+    wait_until(lambda: any(e["topic"] == "LinkChanged/" and e["data"]["up"]
+                           for e in worker.published()), 10, what="link up published")
+    # A server appearing later is found without a restart, within the backoff cap.
+    server = bed.server_ns("srv", 1)
+    Dnsmasq(bed, server, "dnsmasq")
+    worker.wait_lease(4, timeout=10)
+    assert worker.proc is not None and worker.proc.poll() is None
