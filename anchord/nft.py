@@ -1,0 +1,461 @@
+"""The project's nftables state: the only module in anchord that speaks nftables.
+
+It owns the tables ``anchord_v4`` (ip) and ``anchord_v6`` (ip6) and everything in
+them: per proto a plain map (single ports) and an interval map (port ranges) from
+destination port to backend address, the DNAT chains that consult both, the
+masquerade of egress and of hairpinned flows, and the LAN filter (F-9).
+
+Rules never name the project address (DHCP may change it at any time): "traffic
+for the project address" is ``fib daddr . iif type local`` on the external
+interface, i.e. any address that is local *on that interface*, so a new lease needs
+no rule change at all.
+
+Talks to the kernel through libnftables in-process (ctypes on ``libnftables.so.1``,
+one context kept open): a changed element costs ~0.1 ms instead of the ~4 ms of
+spawning ``nft -f`` (docs/nat.md has the measurement). Every change is one
+buffer, hence one atomic netlink transaction. The applied state is kept in memory;
+the ruleset is listed only once, when adopting tables left by a previous instance.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bus.events import Backend, EntryCount, StaleBackend
+
+log = logging.getLogger(__name__)
+
+PROTOS = ("tcp", "udp")
+FAMILIES = (4, 6)
+# family -> (nft family, table name, address type)
+TABLES: dict[int, tuple[str, str, str]] = {
+    4: ("ip", "anchord_v4", "ipv4_addr"),
+    6: ("ip6", "anchord_v6", "ipv6_addr"),
+}
+
+# (family, proto, first port, last port) -> backend address (normalised text)
+Key = tuple[int, str, int, int]
+Desired = dict[Key, str]
+
+_NFT_CTX_DEFAULT = 0
+_NFT_CTX_OUTPUT_HANDLE = 1 << 3
+_NFT_CTX_OUTPUT_JSON = 1 << 4
+
+
+class NftError(RuntimeError):
+    """libnftables refused a command (the message is nft's own error text)."""
+
+
+class Nft:
+    """One libnftables context, kept open for the life of the worker.
+
+    The context's netlink socket belongs to the network namespace the thread was
+    in when the first command ran; callers that switch namespaces (tests) must
+    create and use it inside the namespace.
+    """
+
+    def __init__(self, library: str = "libnftables.so.1") -> None:
+        lib = ctypes.CDLL(library, use_errno=True)
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_output_get_flags.restype = ctypes.c_uint
+        lib.nft_ctx_output_get_flags.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self._lib = lib
+        self._ctx: int | None = lib.nft_ctx_new(_NFT_CTX_DEFAULT)
+        if not self._ctx:
+            raise NftError("nft_ctx_new failed")
+        # Without buffering, libnftables prints to our stdout/stderr.
+        lib.nft_ctx_buffer_output(self._ctx)
+        lib.nft_ctx_buffer_error(self._ctx)
+        self._flags = lib.nft_ctx_output_get_flags(self._ctx)
+
+    def run(self, commands: str, json_output: bool = False) -> str:
+        """Run ``commands`` (nft syntax, one transaction); return nft's output."""
+        if self._ctx is None:
+            raise NftError("nftables context is closed")
+        flags = self._flags | (_NFT_CTX_OUTPUT_JSON | _NFT_CTX_OUTPUT_HANDLE if json_output else 0)
+        self._lib.nft_ctx_output_set_flags(self._ctx, flags)
+        rc = self._lib.nft_run_cmd_from_buffer(self._ctx, commands.encode())
+        out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode()
+        err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()
+        if rc != 0:
+            raise NftError(err.strip() or f"nft failed with {rc}")
+        return out
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._lib.nft_ctx_free(self._ctx)
+            self._ctx = None
+
+
+# --- pure logic: desired table, diff, stale backends -------------------------
+
+
+@dataclass(frozen=True)
+class Diff:
+    """What one transaction must do to turn the applied table into the desired one."""
+
+    add: dict[Key, str] = field(default_factory=dict)
+    remove: dict[Key, str] = field(default_factory=dict)  # key -> old address
+    change: dict[Key, tuple[str, str]] = field(default_factory=dict)  # key -> (old, new)
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.remove or self.change)
+
+
+def desired_from(entries: Iterable[Backend]) -> tuple[Desired, list[str]]:
+    """Normalise discovery's entries into a table; returns (table, problems).
+
+    Discovery already resolves conflicts; this is the last line of defence so a
+    bad entry can never make the whole transaction fail: an entry with a bad
+    address, family or port, or one overlapping an earlier entry, is skipped and
+    reported (the earlier one wins, like discovery's first-created rule).
+    """
+    table: Desired = {}
+    problems: list[str] = []
+    singles: dict[tuple[int, str], set[int]] = {}
+    ranges: dict[tuple[int, str], list[tuple[int, int]]] = {}
+    for e in entries:
+        what = f"{e.family}/{e.proto}/{e.first}-{e.last} -> {e.address} ({e.container})"
+        if e.family not in FAMILIES or e.proto not in PROTOS:
+            problems.append(f"bad family or proto: {what}")
+            continue
+        if not 1 <= e.first <= e.last <= 65535:
+            problems.append(f"bad port range: {what}")
+            continue
+        try:
+            addr = ipaddress.ip_address(e.address)
+        except ValueError:
+            problems.append(f"bad address: {what}")
+            continue
+        if addr.version != e.family:
+            problems.append(f"address does not match family: {what}")
+            continue
+        fp = (e.family, e.proto)
+        used_singles = singles.setdefault(fp, set())
+        used_ranges = ranges.setdefault(fp, [])
+        overlaps = any(a <= e.last and e.first <= b for a, b in used_ranges) or (
+            any(p in used_singles for p in range(e.first, e.last + 1))
+            if e.last - e.first < len(used_singles)
+            else any(e.first <= p <= e.last for p in used_singles)
+        )
+        if overlaps:
+            problems.append(f"overlaps an earlier entry: {what}")
+            continue
+        if e.first == e.last:
+            used_singles.add(e.first)
+        else:
+            used_ranges.append((e.first, e.last))
+        table[(e.family, e.proto, e.first, e.last)] = addr.compressed
+    return table, problems
+
+
+def diff(applied: Mapping[Key, str], desired: Mapping[Key, str]) -> Diff:
+    add = {k: v for k, v in desired.items() if k not in applied}
+    remove = {k: v for k, v in applied.items() if k not in desired}
+    change = {k: (applied[k], v) for k, v in desired.items() if k in applied and applied[k] != v}
+    return Diff(add, remove, change)
+
+
+def _subtract(span: tuple[int, int], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``span`` minus the (sorted) ``holes``, as inclusive intervals."""
+    out = []
+    start, end = span
+    for a, b in holes:
+        if b < start or a > end:
+            continue
+        if a > start:
+            out.append((start, a - 1))
+        start = max(start, b + 1)
+        if start > end:
+            return out
+    if start <= end:
+        out.append((start, end))
+    return out
+
+
+def stale_backends(applied: Mapping[Key, str], desired: Mapping[Key, str]) -> list[StaleBackend]:
+    """Backends whose flows must be flushed: the ports an address served and no longer does.
+
+    A range that shrinks only makes the ports it lost stale; a backend that keeps
+    a port keeps its flows.
+    """
+    still: dict[tuple[int, str, str], list[tuple[int, int]]] = {}
+    for (fam, proto, first, last), addr in desired.items():
+        still.setdefault((fam, proto, addr), []).append((first, last))
+    for holes in still.values():
+        holes.sort()
+    out = []
+    for (fam, proto, first, last), addr in sorted(applied.items()):
+        if desired.get((fam, proto, first, last)) == addr:
+            continue
+        for a, b in _subtract((first, last), still.get((fam, proto, addr), [])):
+            out.append(StaleBackend(family=fam, proto=proto, first=a, last=b, address=addr))
+    return out
+
+
+def counts(table: Mapping[Key, str]) -> tuple[EntryCount, ...]:
+    """Elements per family/proto (always all four, so a metric can drop to zero)."""
+    n = {(f, p): 0 for f in FAMILIES for p in PROTOS}
+    for fam, proto, _, _ in table:
+        n[(fam, proto)] += 1
+    return tuple(EntryCount(family=f, proto=p, count=c) for (f, p), c in n.items())
+
+
+def _map_name(proto: str, first: int, last: int) -> str:
+    # Single ports live in a plain map (O(1) updates); ranges need `flags interval`,
+    # whose updates cost grows with the map's size, so they get their own map.
+    return f"{proto}_ports" if first == last else f"{proto}_ranges"
+
+
+def _key_text(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def render_diff(d: Diff) -> str:
+    """The commands of one transaction: all deletions first (ranges may be reshaped)."""
+    dels: dict[tuple[int, str], list[str]] = {}
+    adds: dict[tuple[int, str], list[str]] = {}
+    for (fam, proto, first, last) in [*d.remove, *d.change]:
+        dels.setdefault((fam, _map_name(proto, first, last)), []).append(_key_text(first, last))
+    for (fam, proto, first, last), addr in [
+        *d.add.items(), *((k, new) for k, (_, new) in d.change.items())
+    ]:
+        adds.setdefault((fam, _map_name(proto, first, last)), []).append(
+            f"{_key_text(first, last)} : {addr}"
+        )
+    lines = []
+    for verb, groups in (("delete", dels), ("add", adds)):
+        for (fam, name), elems in sorted(groups.items()):
+            nfam, table, _ = TABLES[fam]
+            lines.append(f"{verb} element {nfam} {table} {name} {{ {', '.join(elems)} }}")
+    return "\n".join(lines) + "\n"
+
+
+def _q(name: str) -> str:
+    return json.dumps(name)  # nft accepts a double-quoted string, escaping like JSON
+
+
+def render_skeleton(ext_iface: str, family: int) -> str:
+    """Create-or-refresh the table of ``family`` without touching its map elements.
+
+    ``add`` of an existing table/map/chain is a no-op, and each chain is flushed and
+    refilled in the same transaction, so a restarted nat-writer converges the rules
+    (even from an older version) with no instant where a rule is missing.
+    """
+    nfam, t, addr_type = TABLES[family]
+    ext = _q(ext_iface)
+    v4 = family == 4
+    lines = [f"add table {nfam} {t}"]
+    for proto in PROTOS:
+        lines.append(f"add map {nfam} {t} {proto}_ports {{ type inet_service : {addr_type}; }}")
+        lines.append(
+            f"add map {nfam} {t} {proto}_ranges "
+            f"{{ type inet_service : {addr_type}; flags interval; }}"
+        )
+    chains: list[tuple[str, str, list[str]]] = [
+        # Regular chains first: base chains jump to them.
+        ("dnat_ports", "", [
+            f"meta l4proto {proto} dnat to {proto} dport map @{proto}_{kind}"
+            for proto in PROTOS for kind in ("ports", "ranges")
+        ]),
+        ("ext_in", "", [
+            "ct state established,related accept",
+            "udp sport 67 udp dport 68 accept" if v4 else "udp sport 547 udp dport 546 accept",
+            "meta l4proto icmp accept" if v4 else "meta l4proto ipv6-icmp accept",
+            # Answer like a closed port on a real server, never a silent drop.
+            "meta l4proto tcp reject with tcp reset",
+            "reject",
+        ]),
+        ("ext_fwd", "", [
+            "ct status dnat accept",
+            "ct state established,related accept",
+            "drop",
+        ]),
+        ("prerouting", "type nat hook prerouting priority dstnat; policy accept;", [
+            # From the LAN, to an address that is local on the external interface:
+            # the project address, whatever DHCP made it.
+            f"iifname {ext} fib daddr . iif type local jump dnat_ports",
+            # Hairpin: from inside, to a local address that is not on the incoming
+            # interface (the project address seen from the transit network).
+            f"iifname != {ext} fib daddr type local fib daddr . iif type != local "
+            "jump dnat_ports",
+        ]),
+        ("postrouting", "type nat hook postrouting priority srcnat; policy accept;", [
+            f"oifname {ext} masquerade",
+            # Hairpinned flows: without this the backend would answer the client
+            # directly on the transit network, bypassing the reverse DNAT.
+            f"iifname != {ext} ct status dnat masquerade",
+        ]),
+        ("input", "type filter hook input priority filter; policy accept;", [
+            f"iifname {ext} jump ext_in",
+        ]),
+        ("forward", "type filter hook forward priority filter; policy accept;", [
+            f"iifname {ext} jump ext_fwd",
+        ]),
+    ]
+    for name, base, rules in chains:
+        spec = f" {{ {base} }}" if base else ""
+        lines.append(f"add chain {nfam} {t} {name}{spec}")
+        lines.append(f"flush chain {nfam} {t} {name}")
+        lines.extend(f"add rule {nfam} {t} {name} {rule}" for rule in rules)
+    return "\n".join(lines) + "\n"
+
+
+def _port_key(key: Any) -> tuple[int, int] | None:
+    if isinstance(key, int):
+        return key, key
+    if isinstance(key, dict) and "range" in key:
+        a, b = key["range"]
+        return int(a), int(b)
+    if isinstance(key, dict) and "elem" in key:  # element with attributes
+        return _port_key(key["elem"].get("val"))
+    return None
+
+
+def parse_table_json(listing: str, family: int) -> tuple[int | None, Desired]:
+    """(table handle, elements) of one ``list table`` JSON output."""
+    handle = None
+    table: Desired = {}
+    for obj in json.loads(listing).get("nftables", []):
+        if "table" in obj:
+            handle = obj["table"].get("handle")
+        m = obj.get("map")
+        if not m:
+            continue
+        proto = m["name"].split("_", 1)[0]
+        if proto not in PROTOS:
+            continue
+        for elem in m.get("elem", []):
+            key = _port_key(elem[0])
+            if key is None or not isinstance(elem[1], str):
+                log.warning("ignoring unexpected map element", extra={"fields": {
+                    "map": m["name"], "element": json.dumps(elem)}})
+                continue
+            address = ipaddress.ip_address(elem[1]).compressed
+            table[(family, proto, key[0], key[1])] = address
+    return handle, table
+
+
+# --- the tables ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    ok: bool
+    duration: float  # seconds, diff + transaction
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    stale: tuple[StaleBackend, ...] = ()
+    counts: tuple[EntryCount, ...] = ()
+    error: str = ""
+    skipped: tuple[str, ...] = ()  # entries refused by desired_from
+
+
+class NatTables:
+    """The two anchord tables of this namespace, their applied state in memory."""
+
+    def __init__(self, ext_iface: str, nft: Nft | None = None) -> None:
+        self.ext_iface = ext_iface
+        self._nft = nft
+        self.applied: Desired = {}
+        self.installed = False
+        self.handles: dict[int, int | None] = {}
+
+    @property
+    def nft(self) -> Nft:
+        if self._nft is None:
+            self._nft = Nft()
+        return self._nft
+
+    def adopt(self) -> Desired:
+        """Take over whatever tables exist (listing them once), then converge the rules.
+
+        Map elements already there are kept and become the applied state, so the
+        first ``apply`` after a restart only changes what really differs.
+        """
+        applied: Desired = {}
+        for fam, (nfam, t, _) in TABLES.items():
+            try:
+                listing = self.nft.run(f"list table {nfam} {t}", json_output=True)
+            except NftError:
+                continue  # not there yet: the skeleton below creates it
+            _, elements = parse_table_json(listing, fam)
+            applied.update(elements)
+        adopted = len(applied)
+        self.nft.run("".join(render_skeleton(self.ext_iface, fam) for fam in FAMILIES))
+        for fam, (nfam, t, _) in TABLES.items():
+            self.handles[fam] = parse_table_json(
+                self.nft.run(f"list table {nfam} {t}", json_output=True), fam)[0]
+        self.applied = applied
+        self.installed = True
+        log.info("nftables tables adopted", extra={"fields": {
+            "elements": adopted, "ext_iface": self.ext_iface}})
+        return dict(applied)
+
+    def apply(self, entries: Iterable[Backend]) -> ApplyResult:
+        """Make the maps equal to ``entries`` in one transaction of the differing elements."""
+        start = time.perf_counter()
+        desired, problems = desired_from(entries)
+        for p in problems:
+            log.warning("desired entry skipped", extra={"fields": {"problem": p}})
+        try:
+            if not self.installed:
+                self.adopt()
+            d = diff(self.applied, desired)
+            if d:
+                self.nft.run(render_diff(d))
+        except (NftError, OSError) as exc:
+            # The transaction is atomic: nothing changed. Re-list on the next try
+            # in case someone removed our tables behind our back.
+            self.installed = False
+            return ApplyResult(ok=False, duration=time.perf_counter() - start,
+                               error=str(exc), counts=counts(self.applied),
+                               skipped=tuple(problems))
+        stale = stale_backends(self.applied, desired)
+        self.applied = desired
+        return ApplyResult(
+            ok=True,
+            duration=time.perf_counter() - start,
+            added=len(d.add),
+            removed=len(d.remove),
+            changed=len(d.change),
+            stale=tuple(stale),
+            counts=counts(desired),
+            skipped=tuple(problems),
+        )
+
+    def delete(self) -> None:
+        """Remove both tables (container shutdown only)."""
+        for nfam, t, _ in TABLES.values():
+            try:
+                self.nft.run(f"delete table {nfam} {t}")
+            except NftError as exc:
+                if "No such file or directory" not in str(exc):
+                    raise
+        self.installed = False
+        self.applied = {}
+        log.info("nftables tables deleted")
+
+    def close(self) -> None:
+        if self._nft is not None:
+            self._nft.close()
+            self._nft = None
