@@ -157,6 +157,24 @@ class Kea4:
         stop(self.proc)
 
 
+class Radvd:
+    """radvd announcing ``prefix`` for SLAAC only (no M flag) on ``eth0`` of ``ns``."""
+
+    def __init__(self, bed: Lan, ns: Netns, name: str, prefix: str = f"{LAN_V6}/64") -> None:
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1")
+        conf = bed.tmp / f"{name}.conf"
+        conf.write_text(
+            "interface eth0 {\n AdvSendAdvert on;\n MinRtrAdvInterval 3;\n"
+            " MaxRtrAdvInterval 4;\n AdvManagedFlag off;\n"
+            f" prefix {prefix} {{\n  AdvOnLink on;\n  AdvAutonomous on;\n }};\n}};\n")
+        self.log = bed.tmp / f"{name}.log"
+        self.proc = bed.start(ns, ["radvd", "--nodaemon", "-C", str(conf), "-p",
+                                   str(bed.tmp / f"{name}.pid"), "-m", "stderr"], self.log)
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
 # --- the worker ----------------------------------------------------------------
 
 
@@ -320,4 +338,4 @@ if __name__ == "__main__":
     sys.exit("usage: python3 -m tests.integration.dhcp_servers worker '<json spec>'")
 
 
-__all__ = ["Dnsmasq", "Kea4", "Lan", "Worker", "lan", "sh", "stop", "wait_until"]
+__all__ = ["Dnsmasq", "Kea4", "Radvd", "Lan", "Worker", "lan", "sh", "stop", "wait_until"]
