@@ -51,12 +51,13 @@ def serve(addr: MetricsAddr, registry: CollectorRegistry, ready: ReadyCheck) -> 
         server = _make_server(family, sockaddr, _handler(registry, ready))
     except OSError as exc:
         log.warning("metrics listener disabled: cannot listen on %s: %s", addr, exc,
-                    extra={"addr": str(addr)})
+                    extra={"fields": {"addr": str(addr)}})
         return None
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                               name="http-listener", daemon=True)
     thread.start()
-    log.info("serving /metrics, /healthz and /readyz on %s", addr, extra={"addr": str(addr)})
+    log.info("serving /metrics, /healthz and /readyz on %s", addr,
+             extra={"fields": {"addr": str(addr)}})
     return Listener(server, thread)
 
 

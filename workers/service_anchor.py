@@ -42,17 +42,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 
 from anchord import __version__
 from anchord.config import ServiceAnchorConfig
+from anchord.health import HEALTH_FILE, STALE_AFTER
 from anchord.httpserve import Listener, serve
 from anchord.routes import RouteError, RouteTable, family_name
 
 log = logging.getLogger(__name__)
 
 FAMILIES: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
-HEALTH_FILE = "health.json"
 # First retry after a failed resolution; doubles up to the resolve interval.
 BACKOFF_FIRST = 0.25
-# The health file is rewritten at least this often so that a hung process shows as stale.
-HEALTH_REFRESH = 10.0
+# The health file is rewritten at least this often, so that only a hung process looks stale.
+HEALTH_REFRESH = STALE_AFTER / 3
 # Bounded label values of anchord_gateway_resolve_total{outcome}.
 OUTCOMES = ("ok", "not_found", "error")
 
@@ -208,13 +208,12 @@ class Metrics:
 
 
 class HealthFile:
-    """``<run_dir>/health.json``: readiness for the image healthcheck, listener or not.
+    """``<run_dir>/health.json``: readiness for ``anchord healthcheck``, listener or not.
 
-    One JSON object, replaced atomically (write + rename) on every change and at least every
-    ``HEALTH_REFRESH`` seconds: ``{"mode", "pid", "ready", "conditions", "routes", "ts",
-    "stale_after"}``. ``conditions`` maps each unmet condition to why (empty when ready), the
-    same lines as ``/readyz``; a reader treats ``ts`` older than ``stale_after`` seconds as
-    not ready.
+    The format is ``anchord.health``'s (``{"ready", "unmet", "pid", "time"}``, ``unmet`` holding
+    the same ``key: value`` pairs as ``/readyz``) plus ``mode`` and ``routes`` (the gateway per
+    family, or null) for people. It is replaced atomically (write + rename) on every change
+    and at least every ``HEALTH_REFRESH`` seconds, well inside the reader's staleness limit.
     """
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
@@ -224,14 +223,13 @@ class HealthFile:
         self._written_at = -math.inf
         self._failed = False
 
-    def update(self, ready: bool, conditions: dict[str, str],
-               routes: dict[str, str | None]) -> None:
+    def update(self, ready: bool, unmet: dict[str, str], routes: dict[str, str | None]) -> None:
         state: dict[str, object] = {"mode": "service-anchor", "pid": os.getpid(), "ready": ready,
-                                    "conditions": conditions, "routes": routes}
+                                    "unmet": unmet, "routes": routes}
         now = self._clock()
         if state == self._last and now - self._written_at < HEALTH_REFRESH:
             return
-        body = dict(state, ts=round(now, 3), stale_after=3 * HEALTH_REFRESH)
+        body = dict(state, time=round(now, 3))
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -308,12 +306,12 @@ class RouteKeeper:
             except RouteError as exc:
                 self._metrics.route_errors.labels(st.name).inc()
                 log.warning("cannot install default route via %s: %s", want, exc,
-                            extra={"family": st.name, "gateway": want})
+                            extra=_fields(family=st.name, gateway=want))
                 return False
             self._metrics.route_replaces.labels(st.name).inc()
             log.info("default route via %s (%s) installed, was %s", want, st.name,
-                     current or "none", extra={"family": st.name, "gateway": want,
-                                               "previous": current})
+                     current or "none",
+                     extra=_fields(family=st.name, gateway=want, previous=current))
         st.installed = want
         return True
 
@@ -323,7 +321,7 @@ class RouteKeeper:
             return
         st.last = now
         host = self._config.gateway_hostname
-        extra = {"family": st.name, "outcome": res.outcome}
+        extra = _fields(family=st.name, outcome=res.outcome)
         if res.outcome == "ok":
             log.info("%s resolves to %s (%s)", host, ", ".join(res.addresses), st.name,
                      extra=extra)
@@ -364,16 +362,22 @@ class RouteKeeper:
             try:
                 removed = self._routes.delete(st.family, st.installed)
             except RouteError as exc:
-                log.warning("cannot remove default route: %s", exc, extra={"family": st.name})
+                log.warning("cannot remove default route: %s", exc,
+                            extra=_fields(family=st.name))
                 continue
             if removed:
                 log.info("default route via %s (%s) removed", st.installed, st.name,
-                         extra={"family": st.name, "gateway": st.installed})
+                         extra=_fields(family=st.name, gateway=st.installed))
             else:
                 log.info("default route via %s (%s) is no longer ours: left alone",
-                         st.installed, st.name, extra={"family": st.name})
+                         st.installed, st.name, extra=_fields(family=st.name))
             st.installed = None
             st.present = False
+
+
+def _fields(**fields: object) -> dict[str, object]:
+    # anchord.logsetup puts ``extra["fields"]`` into each JSON line.
+    return {"fields": fields}
 
 
 class _Stop:
@@ -406,7 +410,7 @@ def main(config: ServiceAnchorConfig) -> int:
         lookups = Lookups(config.gateway_hostname, wake_w)
         log.info("service-anchor keeping the default route via %s (every %gs)",
                  config.gateway_hostname, config.gateway_resolve_interval,
-                 extra={"gateway_hostname": config.gateway_hostname})
+                 extra=_fields(gateway_hostname=config.gateway_hostname))
         _loop(stop, keeper, lookups, wake_r)
         keeper.teardown()
         health.remove()

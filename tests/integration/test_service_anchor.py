@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from anchord.health import check as check_health
 from tests.netns import Netns, Topology, topology, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -278,7 +279,8 @@ def test_installs_default_routes_that_carry_traffic_and_becomes_ready(env: Env) 
         assert env.metric("anchord_gateway_resolve_total", family=family, outcome="ok") >= 1
     assert env.metric("anchord_build_info", version=_version()) == 1
     health = env.health()
-    assert health["ready"] is True and health["conditions"] == {}
+    assert health["ready"] is True and health["unmet"] == {}
+    assert check_health(env.run_dir) == (True, "ready")  # `anchord healthcheck`
     assert health["routes"] == {"ipv4": V4_GW["gw1"], "ipv6": V6_GW["gw1"]}
     assert health["pid"] == proc.pid
     assert proc.poll() is None
@@ -313,6 +315,7 @@ def test_sigterm_removes_its_routes_only_and_exits_0(env: Env) -> None:
     assert env.default_slot() == [] and env.default_slot(v6=True) == []
     assert env.other_routes() == before  # metric-500/2000 defaults, table 100, prefixes: all kept
     assert not (env.run_dir / "health.json").exists()
+    assert check_health(env.run_dir)[0] is False
     assert "removed" in env.log()
 
 
@@ -322,7 +325,8 @@ def test_sigterm_leaves_a_default_route_that_is_no_longer_its_own(env: Env) -> N
     # No listener either: readiness is still visible in the health file.
     proc = env.start_anchor(interval=60.0, port=None)
     wait_until(lambda: _installed(env, "gw1"), 10, what="default routes via gw1")
-    wait_until(lambda: env.health()["ready"] is True, 5, what="health file ready")
+    wait_until(lambda: check_health(env.run_dir) == (True, "ready"), 5,
+               what="`anchord healthcheck` passes without a listener")
     env.anchor.run("ip", "route", "replace", "default", "via", DOCKER_GW_V4)
     assert env.stop(proc) == 0
     assert env.default_slot() == [DOCKER_GW_V4]  # somebody else's: left alone
@@ -335,7 +339,8 @@ def test_nothing_resolves_keeps_trying_then_becomes_ready(env: Env) -> None:
     assert code == 503
     assert re.fullmatch(r"default_route: none via anchord \(ipv4: .+; ipv6: .+\)\n", body), body
     assert env.health()["ready"] is False
-    assert "default_route" in env.health()["conditions"]  # type: ignore[operator]
+    assert "default_route" in env.health()["unmet"]  # type: ignore[operator]
+    assert check_health(env.run_dir)[0] is False
     # Retried with backoff, never gave up: several failed lookups while it stays up.
     wait_until(lambda: env.metric("anchord_gateway_resolve_total", family="ipv4",
                                   outcome="not_found") >= 4, 10, what="4 failed lookups")

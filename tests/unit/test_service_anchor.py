@@ -7,12 +7,14 @@ import json
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 
+from anchord import health
 from anchord.config import MetricsAddr, ServiceAnchorConfig
 from anchord.httpserve import serve
 from anchord.routes import RouteError, RouteTable
@@ -211,18 +213,26 @@ def test_existing_route_via_the_answer_is_adopted_without_a_write(keeper: Any) -
 # --- health file ---------------------------------------------------------------------------------
 
 def test_health_file_follows_readiness(keeper: Any, tmp_path: Path) -> None:
-    k, _, _, _ = keeper
+    k, _, _, clock = keeper
+    clock.now = time.time()  # health.check compares with the wall clock
     path = tmp_path / sa.HEALTH_FILE
     k.refresh()
     state = json.loads(path.read_text())
-    assert state["ready"] is False and "default_route" in state["conditions"]
+    assert state["ready"] is False and "default_route" in state["unmet"]
+    healthy, message = health.check(tmp_path)  # what `anchord healthcheck` runs
+    assert not healthy and "default_route: none via anchord" in message
     assert state["pid"] == os.getpid() and state["mode"] == "service-anchor"
     k.handle(ok(V4, "10.0.0.1"))
     state = json.loads(path.read_text())
-    assert state["ready"] is True and state["conditions"] == {}
+    assert state["ready"] is True and state["unmet"] == {}
+    assert health.check(tmp_path) == (True, "ready")
     assert state["routes"] == {"ipv4": "10.0.0.1", "ipv6": None}
-    assert state["stale_after"] > 0 and state["ts"] > 0
+    assert state["time"] > 0
     assert [p.name for p in tmp_path.iterdir()] == [sa.HEALTH_FILE]  # no temp file left
+
+
+def test_health_file_is_refreshed_well_inside_the_healthcheck_staleness_limit() -> None:
+    assert sa.HEALTH_REFRESH * 2 <= health.STALE_AFTER
 
 
 def test_health_file_rewritten_on_change_or_when_due_only(tmp_path: Path) -> None:
@@ -236,7 +246,7 @@ def test_health_file_rewritten_on_change_or_when_due_only(tmp_path: Path) -> Non
     assert hf.path.read_text() == "marker"  # unchanged and fresh: not rewritten
     clock.now += sa.HEALTH_REFRESH
     hf.update(True, {}, {"ipv4": "10.0.0.1"})
-    assert json.loads(hf.path.read_text())["ts"] == clock.now
+    assert json.loads(hf.path.read_text())["time"] == clock.now
     hf.update(False, {"default_route": "x"}, {"ipv4": None})
     assert json.loads(hf.path.read_text())["ready"] is False
     assert first > 0
