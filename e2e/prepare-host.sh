@@ -53,9 +53,21 @@ install_packages() {
     # Another apt/dpkg run (an unattended or background install) may hold the locks: apt waits
     # for them itself with Lock::Timeout instead of failing at once.
     local apt_opts=(-o "DPkg::Lock::Timeout=${APT_LOCK_TIMEOUT}" -o "Acquire::Retries=3")
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get "${apt_opts[@]}" update -qq
-    apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
+    # Packages such as haproxy, kea and radvd would start their daemons on the host: forbid
+    # service starts during the install unless the machine already has a policy.
+    local own_policy=0 rc=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    {
+        apt-get "${apt_opts[@]}" update -qq &&
+            apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    } || rc=$?
+    ((own_policy == 0)) || rm -f /usr/sbin/policy-rc.d
+    ((rc == 0)) || die "apt-get failed (exit $rc)"
     # A background install may finish the same packages meanwhile: check again.
     mapfile -t missing < <(missing_packages)
     ((${#missing[@]} == 0)) || die "still missing after apt-get: ${missing[*]}"
@@ -91,14 +103,14 @@ start_dockerd() {
 
 # --- bridge netfilter ------------------------------------------------------------------------
 disable_bridge_nf_call() {
-    # Why: once dockerd runs, net.bridge.bridge-nf-call-iptables is 1, so frames bridged
-    # between two containers of one Docker network go through iptables' FORWARD chain. Docker's
-    # isolation rules for `internal: true` networks drop what comes from outside the network's
-    # subnet, and a DHCPDISCOVER comes from 0.0.0.0: a DHCP server container on an internal
-    # bridge (the e2e suite's simulated LAN) never sees it. At 0 the bridge behaves like a
-    # switch, as a real LAN does. Docker's bridge driver turns it back to 1 whenever it creates
-    # a network, so the e2e harness sets it again after creating a project's networks
-    # (e2e/harness.py, ComposeProject.up); this is the host-wide default for everything else.
+    # Why: with br_netfilter loaded (it is built into these kernels, and dockerd loads it
+    # anyway) net.bridge.bridge-nf-call-iptables defaults to 1, so frames bridged between two
+    # containers of one Docker network go through iptables' FORWARD chain. Docker's isolation
+    # rules for `internal: true` networks drop what comes from outside the network's subnet,
+    # and a DHCPDISCOVER comes from 0.0.0.0: a DHCP server container on an internal bridge
+    # (the e2e suite's simulated LAN) never sees it (checked: no reply at 1, an OFFER at 0).
+    # At 0 the bridge forwards like a plain switch, as a real LAN does. Set after dockerd is
+    # up; the e2e harness re-asserts it before each Compose project (harness.ComposeProject.up).
     modprobe br_netfilter 2>/dev/null || true
     local key
     for key in net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables; do
