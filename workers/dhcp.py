@@ -274,6 +274,10 @@ class DhcpWorker:
         try:
             while not self.life.stop_requested:
                 self.step()
+            log.info("dhcp worker stopping", extra={"fields": {
+                "dropped_v4": dict(self.v4.dropped), "dropped_v6": dict(self.v6.dropped),
+                "acquisitions_v4": dict(self.v4.acquisitions),
+                "acquisitions_v6": dict(self.v6.acquisitions)}})
             if self.life.shutting_down():
                 self.shutdown()
             else:

@@ -315,7 +315,7 @@ def _worker_main(spec: dict[str, Any]) -> int:
     from bus.events import NetworkAttachment, NetworkMap
     from workers import dhcp
 
-    logging.basicConfig(level=logging.DEBUG if os.environ.get("DHCP_DEBUG") else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if spec.get("debug") else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stdout)
     config = NetworkAnchorConfig(
@@ -326,16 +326,163 @@ def _worker_main(spec: dict[str, Any]) -> int:
     if spec.get("network_map"):
         inbox.append(NetworkMap(networks=tuple(
             NetworkAttachment(**a) for a in spec["network_map"]["networks"])))
+    class Fields(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return super().format(record) + " " + json.dumps(getattr(record, "fields", {}),
+                                                             default=str)
+
+    logging.getLogger().handlers[0].setFormatter(
+        Fields("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.getLogger("pyroute2").setLevel(logging.INFO)
+    logging.getLogger("asyncio").setLevel(logging.INFO)
     bus = FileBus(Path(spec["events"]), inbox)
     life = Lifecycle(config.run_dir)
     life.install_signal_handlers()
     return dhcp.run(config, bus, life)  # type: ignore[arg-type]
 
 
+def _bootp_reply(mac: str, xid: int, options: bytes, yiaddr: str = f"{LAN_V4}.250") -> bytes:
+    import ipaddress
+    import struct
+
+    chaddr = bytes(int(x, 16) for x in mac.split(":")) + b"\x00" * 10
+    return (struct.pack("!BBBBIHH", 2, 1, 6, 0, xid, 0, 0) + b"\x00" * 4
+            + ipaddress.IPv4Address(yiaddr).packed + b"\x00" * 8 + chaddr
+            + b"\x00" * 192 + b"\x63\x82\x53\x63" + options)
+
+
+def _fuzz_main(mac: str, count: int, seed: int) -> int:
+    """From a LAN namespace: learn the client's xids, then throw bad replies at it."""
+    import random
+    import socket
+    import struct
+
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet6 import ICMPv6ND_RA, IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+
+    rng = random.Random(seed)
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    sock.bind(("eth0", 0))
+    sock.settimeout(1.0)
+    own = open("/sys/class/net/eth0/address").read().strip()
+    src_ll = "fe80::99"
+
+    def sniff(pred: Callable[[bytes], int | None], timeout: float = 20) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                frame = sock.recv(4096)
+            except TimeoutError:
+                continue
+            found = pred(frame)
+            if found is not None:
+                return found
+        raise TimeoutError("nothing sniffed")
+
+    def v4_xid(frame: bytes) -> int | None:
+        if frame[6:12].hex(":") == mac and frame[12:14] == b"\x08\x00" and \
+                frame[23] == 17 and frame[36:38] == b"\x00\x43":
+            return int(struct.unpack("!I", frame[46:50])[0])
+        return None
+
+    def v6_xid(frame: bytes) -> int | None:
+        if frame[6:12].hex(":") == mac and frame[12:14] == b"\x86\xdd" and \
+                frame[20] == 17 and frame[56:58] == b"\x02\x23":
+            return int.from_bytes(frame[63:66], "big")
+        return None
+
+    sent = 0
+
+    def send4(payload: bytes) -> None:
+        # Valid IP/UDP framing (a LAN bridge with br_netfilter drops bad IP checksums),
+        # whatever the BOOTP payload; paced so the client's socket buffer is not the test.
+        nonlocal sent
+        sock.send(bytes(Ether(src=own, dst=mac) / IP(src=f"{LAN_V4}.9", dst=f"{LAN_V4}.250")
+                        / UDP(sport=67, dport=68) / Raw(payload)))
+        sent += 1
+        time.sleep(0.002)
+
+    xid = sniff(v4_xid)
+    good = (b"\x35\x01\x02" + b"\x36\x04" + bytes([10, 77, 0, 9]) + b"\x33\x04\x00\x00\x0e\x10"
+            + b"\x01\x04\xff\xff\xff\x00" + b"\x03\x04" + bytes([10, 77, 0, 9]))
+    corpus = [
+        b"", b"\x02" * 10, _bootp_reply(mac, xid, b"")[:200],  # truncated headers
+        _bootp_reply(mac, xid, good),  # no end option
+        _bootp_reply(mac, xid, good + b"\x0c\xff" + b"x" * 10 + b"\xff"),  # length past end
+        _bootp_reply(mac, xid, b"\x35\x00" + good[3:] + b"\xff"),  # zero-length type
+        _bootp_reply(mac, xid, b"\x35\x01\x63" + good[3:] + b"\xff"),  # unknown type
+        _bootp_reply(mac, xid, good.replace(b"\x36\x04", b"\x36\x03") + b"\xff"),  # bad id len
+        _bootp_reply(mac, xid ^ 1, good + b"\xff"),  # wrong xid
+        _bootp_reply("02:00:00:00:00:09", xid, good + b"\xff"),  # wrong chaddr
+        _bootp_reply(mac, xid, good + (b"\x2b\xff" + b"A" * 255) * 4 + b"\xff"),  # oversized
+        _bootp_reply(mac, xid, good + b"\x79\x00" + b"\x79\x00" + b"\xff"),  # 121 len 0, twice
+        _bootp_reply(mac, xid, good + b"\x01\x04\xff\x00\xff\x00\xff"),  # repeated, bad mask
+        _bootp_reply(mac, xid, good + b"\xff", yiaddr="255.255.255.255"),  # broadcast yiaddr
+        _bootp_reply(mac, xid, good + b"\xff", yiaddr="224.0.0.1"),  # multicast yiaddr
+        _bootp_reply(mac, xid, b"\x35\x01\x05" + good[3:] + b"\xff"),  # ACK while selecting
+    ]
+    for payload in corpus:
+        send4(payload)
+    # Random mutations of a valid-looking OFFER with our xid, all with a bad server id
+    # length so that none of them can bind (the liveness check comes after).
+    base = bytearray(_bootp_reply(mac, xid, good.replace(b"\x36\x04", b"\x36\x05")
+                                  + b"\x00\x0c\x05" + bytes(range(0xF8, 0xFD)) + b"\xff"))
+    for _ in range(count):
+        mutated = bytearray(base)
+        for _ in range(rng.randint(1, 12)):
+            pos = rng.randrange(len(mutated))
+            mutated[pos] = rng.randrange(256)
+        if rng.random() < 0.3:
+            mutated = mutated[:rng.randrange(len(mutated))]
+        send4(bytes(mutated))
+    # IPv6: an RA with M makes the client solicit; malformed RAs and DHCPv6 replies follow.
+    sent_v4 = sent
+    ra = Ether(src=own, dst="33:33:00:00:00:01") / IPv6(src=src_ll, dst="ff02::1", hlim=255) \
+        / ICMPv6ND_RA(M=1, routerlifetime=0)
+    sock.send(bytes(ra))
+    for cut in (15, 40, 58, 60):
+        sock.send(bytes(ra)[:cut])
+        sent += 1
+    xid6 = sniff(v6_xid)
+    duid = struct.pack("!HH", 3, 1) + bytes(int(x, 16) for x in mac.split(":"))
+
+    def opt(code: int, value: bytes, length: int | None = None) -> bytes:
+        return struct.pack("!HH", code, len(value) if length is None else length) + value
+
+    head6 = bytes([2]) + xid6.to_bytes(3, "big")
+    ia = opt(3, struct.pack("!III", 1, 0, 0) + opt(5, b"\xfd\x77" + b"\x00" * 13 + b"\x05"
+                                                     + struct.pack("!II", 100, 50)))
+    corpus6 = [
+        b"", head6[:3], head6,  # truncated, no ids
+        head6 + opt(1, duid) + opt(2, b"\x00\x01", 40),  # length past end
+        head6 + opt(1, duid) + opt(2, b"\x00\x03\x00\x01" + b"x" * 6) + ia,  # pref > valid, wrong IAID
+        head6 + opt(1, b"\x00\x03\x00\x01" + b"\x00" * 6) + opt(2, b"\x00\x03" * 4) + ia,
+        head6 + opt(1, duid) + opt(2, b"\x00\x03" * 4) + opt(3, b"\x00" * 5),  # short IA
+        head6 + opt(1, duid) + opt(2, b"\x00\x03" * 4) + opt(13, b""),  # empty status
+        head6 + opt(1, duid) + opt(2, b"\x00" * 200),  # oversized server id
+        head6 + opt(1, duid) + opt(1, duid) + opt(2, b"\x00\x03" * 4),  # two client ids
+        (head6 + opt(1, duid) + opt(2, b"\x00\x03" * 4) + opt(39, b"\xff" * 255)) * 4,
+    ]
+    for payload in corpus6 + [bytes(rng.randrange(256) for _ in range(rng.randrange(80)))
+                              for _ in range(count // 4)]:
+        frame = bytes(Ether(src=own, dst=mac) / IPv6(src=src_ll, dst="fe80::1", hlim=64)
+                      / UDP(sport=547, dport=546) / Raw(payload))
+        sock.send(frame)
+        sent += 1
+        time.sleep(0.002)
+    print(json.dumps({"sent": sent, "sent_v4": sent_v4, "xid": xid, "xid6": xid6}), flush=True)
+    return 0
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "worker":
         sys.exit(_worker_main(json.loads(sys.argv[2])))
-    sys.exit("usage: python3 -m tests.integration.dhcp_servers worker '<json spec>'")
+    if len(sys.argv) == 5 and sys.argv[1] == "fuzz":
+        sys.exit(_fuzz_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    sys.exit("usage: python3 -m tests.integration.dhcp_servers worker '<json spec>' | "
+             "fuzz <mac> <count> <seed>")
 
 
 __all__ = ["Dnsmasq", "Kea4", "Radvd", "Lan", "Worker", "lan", "sh", "stop", "wait_until"]
