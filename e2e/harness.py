@@ -26,7 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 E2E_DIR = REPO_ROOT / "e2e"
 COMPOSE_DIR = E2E_DIR / "compose"
 IMAGE = os.environ.get("ANCHORD_E2E_IMAGE", "anchord:test")
-# Every project this suite creates starts with this, so leftovers of a killed run can be found.
+# Every project this suite creates is named PROJECT_PREFIX + "<pid of the pytest process>-...",
+# so leftovers of a killed run can be told from the projects of a run still going on.
 PROJECT_PREFIX = "anchord-e2e-"
 LOG_KEYS = frozenset({"time", "level", "worker", "message"})
 
@@ -120,7 +121,7 @@ def ensure_bridge_nf_call_off() -> None:
 
 
 def stale_projects(prefix: str = PROJECT_PREFIX) -> set[str]:
-    """Compose projects of this suite that still have containers (from a killed run)."""
+    """Projects of this suite that still have containers but whose pytest process is gone."""
     out = run(
         [
             "docker",
@@ -132,7 +133,24 @@ def stale_projects(prefix: str = PROJECT_PREFIX) -> set[str]:
             '{{.Label "com.docker.compose.project"}}',
         ],
     ).stdout
-    return {name for name in out.split() if name.startswith(prefix)}
+    stale = set()
+    for name in set(out.split()):
+        if not name.startswith(prefix):
+            continue
+        owner = name[len(prefix) :].split("-", 1)[0]
+        if not owner.isdigit() or not _alive(int(owner)):
+            stale.add(name)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_project(name: str) -> None:
@@ -186,9 +204,9 @@ def supervisor_pid(text: str, program: str) -> int | None:
 
 # --- Compose projects --------------------------------------------------------------------------
 def unique_project_name(hint: str) -> str:
-    """``anchord-e2e-<hint>-<random>``, valid as a Compose project name."""
+    """``anchord-e2e-<pid>-<hint>-<random>``, valid as a Compose project name."""
     slug = re.sub(r"[^a-z0-9]+", "-", hint.lower()).strip("-")[:30].strip("-") or "test"
-    return f"{PROJECT_PREFIX}{slug}-{uuid.uuid4().hex[:6]}"
+    return f"{PROJECT_PREFIX}{os.getpid()}-{slug}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass
