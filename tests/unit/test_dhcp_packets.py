@@ -1,0 +1,132 @@
+"""Strict parsing of DHCPv4/DHCPv6 input, lease file validation, backoff."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+from pathlib import Path
+
+import pytest
+
+from anchord.dhcp import packets, packets6
+from anchord.dhcp.leasefile import LeaseFile, StoredLease
+from anchord.dhcp.timers import Backoff
+from tests.unit.test_dhcp_v4_machine import MAC, reply
+
+
+def test_option_121_zero_length_is_ignored_router_option_used() -> None:
+    frame = reply(packets.OFFER, 5, extra=b"\x79\x00")
+    parsed = packets.parse_reply(frame, MAC, 5)
+    assert parsed.router == "10.0.0.1" and parsed.yiaddr == "10.0.0.5"
+
+
+def test_option_121_default_route_wins() -> None:
+    frame = reply(packets.ACK, 5, extra=b"\x79\x05\x00\x0a\x00\x00\xfe")
+    assert packets.parse_reply(frame, MAC, 5).router == "10.0.0.254"
+
+
+@pytest.mark.parametrize("mutate,reason", [
+    (lambda f: f[:200], "truncated"),
+    (lambda f: f[:-1], "missing_end"),
+    (lambda f: f[:-1] + b"\x0c\x20abc\xff", "bad_option_length"),
+    (lambda f: f[:-1] + b"\x35\x01\x02\xff", "repeated_option"),
+    (lambda f: f[:70] + b"\x00" * 6 + f[76:], "wrong_mac"),
+    (lambda f: f[:-1] + b"\x01\x04\xff\x00\xff\x00\xff", "repeated_option"),
+])
+def test_malformed_v4_rejected_with_reason(mutate: object, reason: str) -> None:
+    frame = reply(packets.OFFER, 5)
+    with pytest.raises(packets.Malformed) as info:
+        packets.parse_reply(mutate(frame), MAC, 5)  # type: ignore[operator]
+    assert info.value.reason == reason
+
+
+def test_garbage_hostname_in_reply_is_harmless() -> None:
+    frame = reply(packets.ACK, 5, extra=b"\x0c\x06\x00/..\xff;")
+    assert packets.parse_reply(frame, MAC, 5).yiaddr == "10.0.0.5"
+
+
+def test_random_mutations_only_raise_malformed() -> None:
+    rng = random.Random(3)
+    base = reply(packets.ACK, 5, extra=b"\x79\x05\x00\x0a\x00\x00\xfe")
+    for _ in range(3000):
+        frame = bytearray(base)
+        for _ in range(rng.randint(1, 8)):
+            frame[rng.randrange(len(frame))] = rng.randrange(256)
+        try:
+            packets.parse_reply(bytes(frame[:rng.randrange(len(frame) + 1)]), MAC, 5)
+        except packets.Malformed:
+            pass
+
+
+def _v6(msg: int, xid: int, *opts: bytes) -> bytes:
+    return bytes([msg]) + xid.to_bytes(3, "big") + b"".join(opts)
+
+
+def _opt(code: int, value: bytes) -> bytes:
+    return struct.pack("!HH", code, len(value)) + value
+
+
+DUID = packets6.duid_ll(MAC)
+
+
+def test_v6_reply_parsed_and_t1_t2_zero_kept_for_client_to_choose() -> None:
+    ia = _opt(3, struct.pack("!III", 9, 0, 0) + _opt(5, bytes.fromhex(
+        "fd770000000000000000000000000105") + struct.pack("!II", 60, 120)))
+    parsed = packets6.parse_reply(_v6(7, 42, _opt(1, DUID), _opt(2, b"\x00\x03" * 4), ia),
+                                  42, DUID, 9)
+    assert parsed.address == "fd77::105" and (parsed.t1, parsed.t2) == (0, 0)
+    assert (parsed.preferred, parsed.valid) == (60, 120)
+
+
+def test_v6_random_mutations_only_raise_malformed() -> None:
+    rng = random.Random(5)
+    ia = _opt(3, struct.pack("!III", 9, 10, 20) + _opt(5, b"\xfd" + b"\x01" * 15
+                                                       + struct.pack("!II", 60, 120)))
+    base = _v6(7, 42, _opt(1, DUID), _opt(2, b"\x00\x03" * 4), ia)
+    for _ in range(3000):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            packets6.parse_reply(bytes(data[:rng.randrange(len(data) + 1)]), 42, DUID, 9)
+        except packets6.Malformed:
+            pass
+
+
+def _lease() -> StoredLease:
+    return StoredLease(family=4, address="10.0.0.5", prefixlen=24, server="10.0.0.1",
+                       router="10.0.0.1", lease_time=100, t1=50, t2=87.5, acquired=1000.0)
+
+
+def test_leasefile_roundtrip_atomic(tmp_path: Path) -> None:
+    lf = LeaseFile(tmp_path, "anchord-ext", MAC)
+    lf.save({4: _lease()})
+    assert lf.load() == {4: _lease()}
+    assert [p.name for p in tmp_path.iterdir()] == ["anchord-ext.lease"]  # no temp left
+
+
+@pytest.mark.parametrize("content", [
+    "{not json", "[]", json.dumps({"format": 1, "iface": "anchord-ext", "mac": "02:00:00:00:00:01",
+                                  "leases": []}),
+    json.dumps({"format": 1, "iface": "anchord-ext", "mac": MAC,
+                "leases": [{"family": 4, "address": "224.0.0.1", "prefixlen": 24}]}),
+    json.dumps({"format": 1, "iface": "anchord-ext", "mac": MAC,
+                "leases": [{"family": 4, "address": "10.0.0.5", "prefixlen": 24,
+                            "lease_time": "x", "t1": 1, "t2": 2, "acquired": 3}]}),
+])
+def test_leasefile_corrupt_or_foreign_ignored(tmp_path: Path, content: str,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    lf = LeaseFile(tmp_path, "anchord-ext", MAC)
+    lf.path.write_text(content)
+    assert lf.load() == {}
+    assert "ignored" in caplog.text
+
+
+def test_backoff_doubles_with_jitter_and_caps() -> None:
+    b = Backoff(initial=4, cap=20, rng=random.Random(1))
+    delays = [b.next() for _ in range(6)]
+    assert 3.6 <= delays[0] <= 4.4 and 7.2 <= delays[1] <= 8.8
+    assert all(d <= 20 for d in delays) and delays[-1] >= 18
+    b.reset()
+    assert b.next() <= 4.4

@@ -1,0 +1,239 @@
+"""The DHCPv4 state machine driven with recorded-style packets, a fake host and a fake clock."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+
+from anchord.dhcp import packets
+from anchord.dhcp.leasefile import StoredLease
+from anchord.dhcp.v4 import ALLOWED, DECLINE_WAIT, Dhcp4Client, IllegalTransition, State
+
+MAC = "02:42:aa:bb:cc:01"
+SERVER_MAC = "02:00:00:00:00:09"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.wall = 1_700_000_000.0
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+
+class FakeHost:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.applied: list[tuple[str, float]] = []
+        self.removed: list[str] = []
+        self.changes: list[tuple[str | None, str | None, str]] = []
+
+    def send(self, frame: bytes) -> None:
+        self.sent.append(frame)
+
+    def apply(self, lease: StoredLease, remaining: float) -> None:
+        self.applied.append((lease.address, remaining))
+
+    def remove(self, lease: StoredLease) -> None:
+        self.removed.append(lease.address)
+
+    def changed(self, lease: StoredLease | None, previous: StoredLease | None,
+                reason: str) -> None:
+        self.changes.append((lease.address if lease else None,
+                             previous.address if previous else None, reason))
+
+
+def sent_type(frame: bytes) -> int:
+    return packets.parse_options(frame[42 + 240:])[53][0]
+
+
+def reply(msg_type: int, xid: int, yiaddr: str = "10.0.0.5", lease: int = 100,
+          extra: bytes = b"", server: str = "10.0.0.1") -> bytes:
+    opts = bytes([53, 1, msg_type]) + bytes([54, 4]) + bytes(map(int, server.split(".")))
+    if lease:
+        opts += bytes([51, 4]) + struct.pack("!I", lease)
+    opts += bytes([1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 0, 1]) + extra + b"\xff"
+    chaddr = packets.mac_bytes(MAC) + b"\x00" * 10
+    bootp = (struct.pack("!BBBBIHH", 2, 1, 6, 0, xid, 0, 0) + b"\x00" * 4
+             + bytes(map(int, yiaddr.split("."))) + b"\x00" * 8 + chaddr + b"\x00" * 192
+             + packets.MAGIC + opts)
+    udp = struct.pack("!HHHH", 67, 68, 8 + len(bootp), 0) + bootp
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     bytes([10, 0, 0, 1]), bytes(map(int, yiaddr.split("."))))
+    return packets.mac_bytes(MAC) + packets.mac_bytes(SERVER_MAC) + b"\x08\x00" + ip + udp
+
+
+def make() -> tuple[Dhcp4Client, FakeHost, Clock]:
+    clock, host = Clock(), FakeHost()
+    client = Dhcp4Client(host, MAC, "proj", 30.0, lambda: clock.mono, lambda: clock.wall,
+                         random.Random(7))
+    return client, host, clock
+
+
+def bind(client: Dhcp4Client, host: FakeHost, clock: Clock, lease: int = 100) -> None:
+    client.start(None)
+    client.tick()
+    assert client.state == State.SELECTING and sent_type(host.sent[-1]) == packets.DISCOVER
+    client.on_frame(reply(packets.OFFER, client.xid, lease=lease))
+    assert client.state == State.REQUESTING and sent_type(host.sent[-1]) == packets.REQUEST
+    client.on_frame(reply(packets.ACK, client.xid, lease=lease))
+    assert client.state == State.PROBING
+    while client.state == State.PROBING:
+        clock.mono = client.wakeup
+        clock.wall += 0.3
+        client.tick()
+    assert client.state == State.BOUND
+
+
+def test_discover_offer_request_ack_probe_bind() -> None:
+    client, host, clock = make()
+    bind(client, host, clock)
+    arp = [f for f in host.sent if f[12:14] == b"\x08\x06"]
+    assert len(arp) == 3  # two probes (sender 0.0.0.0), one announcement
+    assert arp[0][28:32] == b"\x00\x00\x00\x00" and arp[-1][28:32] == bytes([10, 0, 0, 5])
+    assert host.applied[-1] == ("10.0.0.5", 100.0)
+    assert host.changes[-1] == ("10.0.0.5", None, "bound")
+    assert client.lease is not None and client.lease.server_mac == SERVER_MAC
+    request = packets.parse_options(host.sent[1][42 + 240:])
+    assert request[12] == b"proj" and request[61] == b"\x01" + packets.mac_bytes(MAC)
+    assert request[50] == bytes([10, 0, 0, 5]) and request[81][3:] == b"\x04proj"
+    assert 121 in request[55]
+
+
+def test_renew_unicast_at_t1_then_rebind_broadcast_at_t2_then_expiry() -> None:
+    client, host, clock = make()
+    bind(client, host, clock)
+    clock.advance(49)
+    client.tick()
+    assert client.state == State.BOUND
+    clock.advance(1)
+    client.tick()
+    assert client.state == State.RENEWING
+    renew = host.sent[-1]
+    assert renew[0:6] == packets.mac_bytes(SERVER_MAC) and renew[30:34] == bytes([10, 0, 0, 1])
+    while client.state == State.RENEWING:
+        clock.mono = client.wakeup
+        clock.wall = 1_700_000_000.0 + (clock.mono - 1000.0)
+        client.tick()
+    assert client.state == State.REBINDING
+    assert host.sent[-1][0:6] == b"\xff" * 6
+    assert host.removed == []  # F-6a: nothing dropped before expiry
+    while client.state == State.REBINDING:
+        clock.mono = client.wakeup
+        clock.wall = 1_700_000_000.0 + (clock.mono - 1000.0)
+        client.tick()
+    assert client.state == State.INIT  # expired: address removed, starting over at once
+    client.tick()
+    assert client.state == State.SELECTING
+    assert host.removed == ["10.0.0.5"]
+    assert host.changes[-1] == (None, "10.0.0.5", "expired")
+
+
+def test_rebind_ack_from_other_server_and_changed_address() -> None:
+    client, host, clock = make()
+    bind(client, host, clock)
+    clock.advance(90)
+    client.tick()
+    assert client.state == State.REBINDING
+    client.on_frame(reply(packets.ACK, client.xid, yiaddr="10.0.0.9", server="10.0.0.2"))
+    assert client.state == State.BOUND
+    assert client.lease is not None and client.lease.server == "10.0.0.2"
+    assert host.removed == ["10.0.0.5"]
+    assert host.changes[-1] == ("10.0.0.9", "10.0.0.5", "bound")
+
+
+def test_nak_in_requesting_goes_back_to_init() -> None:
+    client, host, clock = make()
+    client.start(None)
+    client.tick()
+    client.on_frame(reply(packets.OFFER, client.xid))
+    client.on_frame(reply(packets.NAK, client.xid, yiaddr="0.0.0.0", lease=0))
+    assert client.state == State.INIT and client.wakeup > clock.mono
+
+
+def test_conflict_declines_and_waits() -> None:
+    client, host, clock = make()
+    client.start(None)
+    client.tick()
+    client.on_frame(reply(packets.OFFER, client.xid))
+    client.on_frame(reply(packets.ACK, client.xid))
+    assert client.state == State.PROBING
+    other = "02:00:00:00:00:77"
+    arp = (b"\xff" * 6 + packets.mac_bytes(other) + b"\x08\x06"
+           + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + packets.mac_bytes(other)
+           + bytes([10, 0, 0, 5]) + packets.mac_bytes(MAC) + b"\x00" * 4)
+    client.on_arp(arp)
+    assert client.state == State.INIT
+    assert sent_type(host.sent[-1]) == packets.DECLINE
+    assert client.wakeup == pytest.approx(clock.mono + DECLINE_WAIT)
+    assert client.acquisitions["conflict"] == 1
+
+
+def test_init_reboot_keeps_address_and_falls_back_to_bound_without_answer() -> None:
+    client, host, clock = make()
+    stored = StoredLease(family=4, address="10.0.0.5", prefixlen=24, server="10.0.0.1",
+                         router="10.0.0.1", lease_time=100, t1=50, t2=87.5,
+                         acquired=clock.wall - 10)
+    client.start(stored)
+    assert client.state == State.INIT_REBOOT
+    assert host.applied == [("10.0.0.5", 90.0)]  # kept on the interface meanwhile
+    client.tick()
+    assert client.state == State.REBOOTING
+    opts = packets.parse_options(host.sent[-1][42 + 240:])
+    assert opts[50] == bytes([10, 0, 0, 5]) and 54 not in opts
+    for _ in range(2):
+        clock.advance(client.wakeup - clock.mono)
+        client.tick()
+    assert client.state == State.BOUND and host.removed == []
+
+
+def test_stored_expired_lease_starts_fresh() -> None:
+    client, host, clock = make()
+    stored = StoredLease(family=4, address="10.0.0.5", prefixlen=24, server="10.0.0.1",
+                         router="", lease_time=100, t1=50, t2=87.5, acquired=clock.wall - 200)
+    client.start(stored)
+    assert client.state == State.INIT and host.applied == []
+
+
+def test_unexpected_and_foreign_replies_are_counted_not_acted_on() -> None:
+    client, host, clock = make()
+    client.start(None)
+    client.tick()
+    client.on_frame(reply(packets.OFFER, client.xid ^ 1))
+    client.on_frame(reply(packets.ACK, client.xid))  # ACK while selecting
+    client.on_frame(b"\x00" * 20)
+    assert client.state == State.SELECTING
+    assert client.dropped["wrong_xid"] == 1 and client.dropped["unexpected"] == 1
+
+
+def test_illegal_transition_refused() -> None:
+    client, _host, _clock = make()
+    with pytest.raises(IllegalTransition):
+        client._go(State.BOUND, "test")
+    assert all(State.STOPPED in targets for state, targets in ALLOWED.items()
+               if state != State.STOPPED)
+
+
+def test_release_sends_release_and_removes() -> None:
+    client, host, clock = make()
+    bind(client, host, clock)
+    client.release()
+    assert sent_type(host.sent[-1]) == packets.RELEASE
+    assert host.removed == ["10.0.0.5"] and client.state == State.STOPPED
+
+
+def test_backoff_capped() -> None:
+    client, host, clock = make()
+    client.start(None)
+    client.tick()
+    delays = []
+    for _ in range(10):
+        delays.append(client.wakeup - clock.mono)
+        clock.mono = client.wakeup
+        client.tick()
+    assert delays[0] < delays[1] < delays[2]
+    assert max(delays) <= 30.0 and delays[-1] >= 27.0
