@@ -86,3 +86,28 @@ def test_no_server_keeps_trying_with_backoff(bed: Lan) -> None:
     Dnsmasq(bed, server, "dnsmasq")
     worker.wait_lease(4, timeout=10)
     assert worker.proc is not None and worker.proc.poll() is None
+
+
+def test_parent_named_by_compose_network_resolved_by_mac(bed: Lan) -> None:
+    server = bed.server_ns("srv", 1)
+    Dnsmasq(bed, server, "dnsmasq")
+    # The LAN-side interface has an arbitrary name; another network is on eth0.
+    other = bed.topo.netns("oth")
+    bed.anchor.run("ip", "link", "set", "eth0", "down")
+    bed.anchor.run("ip", "link", "set", "eth0", "name", "eth3")
+    bed.anchor.run("ip", "link", "set", "eth3", "up")
+    bed.topo.veth(bed.anchor, "eth0", other, "eth0")
+
+    network_map = {"networks": [
+        {"network": "proj_transit", "alias": "transit", "mac": open_mac(bed, "eth0")},
+        {"network": "proj_lan", "alias": "lan", "mac": open_mac(bed, "eth3").upper()},
+    ]}
+    worker = Worker(bed, parent="lan", network_map=network_map).start()
+    worker.wait_lease(4)
+    assert "@eth3" in bed.anchor.run("ip", "link", "show", "anchord-ext")
+    links = [e["data"] for e in worker.published() if e["topic"] == "LinkChanged/"]
+    assert links[-1]["parent"] == "eth3" and links[-1]["up"]
+
+
+def open_mac(bed: Lan, ifname: str) -> str:
+    return bed.anchor.run("cat", f"/sys/class/net/{ifname}/address").strip()
