@@ -41,16 +41,26 @@ mkdir -p "$wheels"
 
 start=$SECONDS
 rm -f "$wheels"/anchord-*.whl
+# Build the anchord wheel from a staged copy of the sources, so that setuptools leaves no
+# build/ or *.egg-info behind in the work tree.
+src=$build_dir/src
+rm -rf "$src"
+mkdir -p "$src"
+for item in pyproject.toml setup.cfg setup.py README.md LICENSE MANIFEST.in anchord bus workers; do
+    [[ -e $context/$item ]] || continue
+    tar -C "$context" --exclude=__pycache__ --exclude='*.egg-info' --exclude='*.pyc' -cf - "$item" \
+        | tar -C "$src" -xf -
+done
 pip_wheel=("$python" -m pip wheel --disable-pip-version-check --quiet --wheel-dir "$wheels"
     --find-links "$wheels")
 # Offline first (everything already in .build/wheels), then with the index for what is missing.
 # The build backend (setuptools, wheel) is kept there too so that the offline try can build.
 # (The grep only hides pip's notices about configured find-links folders that do not exist.)
 quiet_pip() { "${pip_wheel[@]}" "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2; }
-if ! "${pip_wheel[@]}" --no-index "$context" >/dev/null 2>&1; then
+if ! "${pip_wheel[@]}" --no-index "$src" >/dev/null 2>&1; then
     log "wheels: fetching what .build/wheels lacks"
     quiet_pip setuptools wheel
-    quiet_pip "$context"
+    quiet_pip "$src"
 fi
 ls "$wheels"/anchord-*.whl >/dev/null 2>&1 || { log "no anchord wheel was built"; exit 1; }
 log "wheels: $(find "$wheels" -name '*.whl' | wc -l) in .build/wheels ($((SECONDS - start))s)"
