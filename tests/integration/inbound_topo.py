@@ -234,6 +234,23 @@ def stop_all() -> None:
             proc.stdout.close()
 
 
+BURST = r"""
+import socket, sys
+addr, first, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+for port in range(first, first + n):
+    try:
+        s.sendto(b"x", (addr, port))
+    except OSError:  # an ICMP unreachable from an earlier datagram, reported here
+        pass
+"""
+
+
+def udp_burst(ns: Netns, addr: str, first: int, n: int) -> None:
+    """One datagram to each of ``n`` ports: ``n`` conntrack entries on the way."""
+    ns.run(sys.executable, "-c", BURST, addr, str(first), str(n), timeout=60)
+
+
 def _wait_line(proc: subprocess.Popen[bytes], want: str, timeout: float = 10) -> None:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout

@@ -1,0 +1,244 @@
+"""Deleting conntrack entries by what they point at, through ctnetlink (pyroute2).
+
+Owns the two clean-ups the conntrack-flusher performs:
+
+- ``flush_backend``: entries of a backend that vanished or moved. For a DNATed
+  inbound flow the original tuple is client -> project address; the backend only
+  appears as the *reply* source, so that is what we match (F-13); plus the
+  reverse entries a reply in flight can create (see ``flush_backend``).
+- ``flush_address``: entries of an external address that was lost or replaced:
+  masqueraded egress (reply destination = old address) and inbound flows to it
+  (original destination = old address).
+
+The kernel does the matching (ctnetlink dump with ``CTA_FILTER``, kernel >= 5.8):
+only matching entries cross into userspace, each deleted by its exact tuple, so
+the work grows with what changed, not with the size of the table. This module
+never touches nftables.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2.netlink import (
+    NETLINK_NETFILTER,
+    NLM_F_ACK,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+)
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
+from pyroute2.netlink.nfnetlink.nfctsocket import (
+    IPCTNL_MSG_CT_DELETE,
+    IPCTNL_MSG_CT_GET,
+    NFCTAttrTuple,
+    nfct_msg,
+)
+
+log = logging.getLogger(__name__)
+
+PROTO_NUMBERS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    family: int
+    matched: int  # entries the kernel's filter returned
+    removed: int  # entries we deleted (the rest vanished meanwhile or were out of range)
+    duration: float  # seconds of work (netlink), without the settle pause
+
+
+def _norm(family: int, address: str) -> str:
+    addr = ipaddress.ip_address(address.split("/", 1)[0])
+    if addr.version != family:
+        raise ValueError(f"{address} is not an IPv{family} address")
+    return addr.compressed
+
+
+class Conntrack:
+    """A ctnetlink socket, opened on first use in the current network namespace.
+
+    pyroute2's message classes encode and decode; the I/O is a plain blocking
+    netlink socket, because pyroute2 0.9's asyncio-backed dump costs ~25 ms per
+    call even on an empty table, which would hide the kernel's real cost.
+    """
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Conntrack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, family: int, msg: nfct_msg, msg_type: int, flags: int) -> list[nfct_msg]:
+        """Send one request; return the decoded answers (raises NetlinkError on error)."""
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self._sock.bind((0, 0))
+        self._seq += 1
+        msg["header"]["type"] = (NFNL_SUBSYS_CTNETLINK << 8) | msg_type
+        msg["header"]["flags"] = flags
+        msg["header"]["sequence_number"] = self._seq
+        msg["nfgen_family"] = _AF[family]
+        msg.encode()
+        self._sock.send(msg.data)
+        out: list[nfct_msg] = []
+        while True:
+            data = self._sock.recv(1 << 20)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind, _, seq, _ = struct.unpack_from("=IHHII", data, offset)
+                if length < 16:
+                    raise NetlinkError(errno.EPROTO, "malformed netlink message")
+                chunk = data[offset:offset + length]
+                offset += (length + 3) & ~3
+                if seq != self._seq:
+                    continue  # an answer to an earlier, abandoned request
+                if kind == NLMSG_DONE:
+                    return out
+                if kind == NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", chunk, 16)
+                    if code:
+                        raise NetlinkError(-code, os.strerror(-code))
+                    return out  # the ACK of a non-dump request
+                answer = nfct_msg(chunk)
+                answer.decode()
+                out.append(answer)
+
+    def _dump(self, family: int, direction: str, filt: NFCTAttrTuple) -> list[Any]:
+        """Entries whose ``direction`` ("orig" or "reply") tuple matches ``filt``.
+
+        The kernel filters (CTA_FILTER). Except IPv6 addresses: on the kernels we
+        run (6.x) ctnetlink's IPv6 address comparison in the dump filter is
+        inverted and an equal address never matches, so for IPv6 the kernel filters
+        on proto/ports only and the address is compared here.
+        """
+        kernel = filt
+        if family == 6 and (filt.saddr or filt.daddr):
+            kernel = NFCTAttrTuple(family=filt.family, proto=filt.proto,
+                                   sport=filt.sport, dport=filt.dport)
+        kernel.attrs()  # computes .flags
+        if kernel.flags:
+            flag_attr = "CTA_FILTER_ORIG_FLAGS" if direction == "orig" else "CTA_FILTER_REPLY_FLAGS"
+            request = nfct_msg.create_from(**{
+                f"tuple_{direction}": kernel,
+                "cta_filter": {"attrs": [[flag_attr, kernel.flags]]},
+            })
+        else:
+            request = nfct_msg()
+        msgs = self._request(family, request, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP)
+        if kernel is filt:
+            return msgs
+        attr = "CTA_TUPLE_ORIG" if direction == "orig" else "CTA_TUPLE_REPLY"
+        return [m for m in msgs if filt.nla_eq(_AF[family], m.get_attr(attr))]
+
+    def _delete(self, family: int, entries: list[Any]) -> int:
+        removed = 0
+        seen: set[str] = set()
+        for msg in entries:
+            orig = NFCTAttrTuple.from_netlink(_AF[family], msg.get_attr("CTA_TUPLE_ORIG"))
+            key = repr(orig)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                self._request(family, nfct_msg.create_from(tuple_orig=orig),
+                              IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK)
+                removed += 1
+            except NetlinkError as exc:
+                if exc.code != errno.ENOENT:  # it expired or was deleted meanwhile
+                    raise
+        return removed
+
+    def _backend_pass(self, family: int, addr: str, proto: str | None,
+                      first: int, last: int, directions: tuple[str, ...]) -> tuple[int, int]:
+        proto_num = PROTO_NUMBERS[proto] if proto else None
+        # A single port can be matched by the kernel too; ranges are checked below.
+        port = first if proto and first == last else None
+        wanted = []
+        matched = 0
+        for direction in directions:
+            attr = "CTA_TUPLE_REPLY" if direction == "reply" else "CTA_TUPLE_ORIG"
+            filt = NFCTAttrTuple(family=_AF[family], saddr=addr, proto=proto_num, sport=port)
+            msgs = self._dump(family, direction, filt)
+            matched += len(msgs)
+            for msg in msgs:
+                if proto and first != last:
+                    sport = msg.get_attr(attr).get_attr("CTA_TUPLE_PROTO").get_attr(
+                        "CTA_PROTO_SRC_PORT")
+                    if sport is None or not first <= sport <= last:
+                        continue
+                wanted.append(msg)
+        return matched, self._delete(family, wanted)
+
+    def flush_backend(
+        self, family: int, address: str, proto: str | None = None,
+        first: int = 1, last: int = 65535, settle: float = 0.05,
+    ) -> FlushResult:
+        """Delete the flows of a backend that vanished or moved.
+
+        Two kinds of entries, in two passes ``settle`` seconds apart:
+
+        - reply source = the backend (port in range): DNATed inbound flows, the point;
+        - original source = the backend with a source port in range: a reply of
+          the old backend that was in flight when its entry went creates a new
+          entry in the other direction (backend -> client, masqueraded), whose
+          reply tuple is exactly the client's next packet: the client would be
+          stuck on the old backend again. Seen in tests with a UDP client
+          sending every 100 ms; the second pass removes what such a reply made.
+        """
+        addr = _norm(family, address)
+        start = time.perf_counter()
+        # Each dump walks the kernel's whole conntrack hash (all buckets, ~12 ms here
+        # for 262 144 buckets): the reverse entries can only exist after our first
+        # deletions, so the first pass skips that dump.
+        matched, removed = self._backend_pass(family, addr, proto, first, last, ("reply",))
+        work = time.perf_counter() - start
+        if settle > 0:
+            time.sleep(settle)
+            again = time.perf_counter()
+            m2, r2 = self._backend_pass(family, addr, proto, first, last, ("reply", "orig"))
+            matched, removed = matched + m2, removed + r2
+            work += time.perf_counter() - again
+        return FlushResult(family, matched, removed, work)
+
+    def flush_address(self, family: int, address: str) -> FlushResult:
+        """Delete entries of an external address: egress masqueraded to it, inbound to it."""
+        start = time.perf_counter()
+        addr = _norm(family, address)
+        egress = self._dump(family, "reply", NFCTAttrTuple(family=_AF[family], daddr=addr))
+        inbound = self._dump(family, "orig", NFCTAttrTuple(family=_AF[family], daddr=addr))
+        matched = egress + inbound
+        removed = self._delete(family, matched)
+        return FlushResult(family, len(matched), removed, time.perf_counter() - start)
+
+
+def flush_backend(family: int, address: str, proto: str | None = None,
+                  first: int = 1, last: int = 65535, settle: float = 0.05) -> FlushResult:
+    with Conntrack() as ct:
+        return ct.flush_backend(family, address, proto, first, last, settle)
+
+
+def flush_address(family: int, address: str) -> FlushResult:
+    with Conntrack() as ct:
+        return ct.flush_address(family, address)
