@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from anchord.health import check as check_health
-from tests.netns import Netns, Topology, topology, wait_until
+from tests.netns import Netns, Topology, sh, topology, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 INTERVAL = 1.0
@@ -389,3 +389,37 @@ def test_other_routes_snapshot_sees_the_routes_it_must_keep(env: Env) -> None:
         assert needle in routes, routes
     assert not any(line.startswith(f"default via {DOCKER_GW_V4} dev eth0") and "metric" not in
                    line and "table" not in line for line in env.other_routes())
+
+
+ROUTE_TABLE_PROBE = """
+import errno, json, socket
+from anchord.routes import RouteError, RouteTable
+out = {}
+with RouteTable() as rt:
+    out["defaults"] = sorted([r.gateway, r.metric] for r in rt.defaults(socket.AF_INET))
+    out["slot"] = rt.gateway(socket.AF_INET)
+    try:
+        rt.replace(socket.AF_INET, "10.99.0.1")  # on no connected network
+    except RouteError as exc:
+        out["unreachable"] = exc.errno == errno.ENETUNREACH
+    out["foreign_delete"] = rt.delete(socket.AF_INET, "10.77.0.1")  # not the slot's gateway
+    rt.replace(socket.AF_INET6, "fd77::1")
+    out["v6"] = rt.gateway(socket.AF_INET6)
+    out["v6_deleted"] = rt.delete(socket.AF_INET6, "fd77::1")
+    out["v6_after"] = rt.gateway(socket.AF_INET6)
+print(json.dumps(out))
+"""
+
+
+def test_route_table_reads_writes_and_refuses_like_the_kernel(env: Env) -> None:
+    out = json.loads(sh("ip", "netns", "exec", env.anchor.name, sys.executable, "-c",
+                        ROUTE_TABLE_PROBE, cwd=REPO,
+                        env={**os.environ, "PYTHONPATH": str(REPO)}))
+    # Main table only (not table 100), every metric; the slot is the metric-0 one.
+    assert out["defaults"] == [[DOCKER_GW_V4, 0], [DOCKER_GW_V4, 500]]
+    assert out["slot"] == DOCKER_GW_V4
+    assert out["unreachable"] is True
+    assert out["foreign_delete"] is False
+    assert env.default_slot() == [DOCKER_GW_V4]  # neither the refused replace nor the delete
+    assert out["v6"] == "fd77::1" and out["v6_deleted"] is True and out["v6_after"] is None
+    assert "default via fd77::fe dev eth0 metric 2000" in "\n".join(env.other_routes())

@@ -3,6 +3,7 @@ decisions (against a fake route table), the health file and the lookup threads."
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from pyroute2.netlink.exceptions import NetlinkError
 
 from anchord import health
 from anchord.config import MetricsAddr, ServiceAnchorConfig
@@ -36,8 +36,7 @@ class FakeRoutes:
 
     def replace(self, family: int, gateway: str) -> None:
         if gateway == self.refuse:
-            unreachable = NetlinkError(101, "Network is unreachable")
-            raise RouteError("replace", family, gateway, unreachable)
+            raise RouteError("replace", family, gateway, errno.ENETUNREACH)
         self.replaces.append((family, gateway))
         self.slot[family] = gateway
 
