@@ -298,3 +298,18 @@ def test_listener_that_cannot_bind_is_a_warning_not_a_crash(
     listener = serve(MetricsAddr("192.0.2.1", 9090), sa.Metrics().registry, lambda: [])
     assert listener is None
     assert "cannot listen" in caplog.text
+
+
+def test_service_anchor_imports_nothing_heavy() -> None:
+    # It runs once per exposed service: scapy, docker, zmq, pyroute2 or asyncio would multiply
+    # their RSS by the number of services (SPEC footprint target 40 MB; see the benchmark).
+    import subprocess
+    import sys
+
+    probe = ("import sys; from anchord import cli; from workers import service_anchor; "
+             "print(' '.join(sorted(m for m in ('scapy', 'docker', 'zmq', 'pyroute2', "
+             "'asyncio', 'bus') if m in sys.modules)))")
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, check=True)
+    assert out.stdout.strip() == ""
