@@ -61,6 +61,8 @@ class Lan:
 
     def server_ns(self, role: str, last_octet: int) -> Netns:
         ns = self.topo.netns(role)
+        # Servers bind to their link-local address at start: no DAD wait for it.
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")
         self.plug(ns, "eth0", f"{LAN_V4}.{last_octet}/24", f"{LAN_V6}{last_octet}/64")
         return ns
 
@@ -157,16 +159,52 @@ class Kea4:
         stop(self.proc)
 
 
+class Kea6:
+    """ISC kea-dhcp6 with a memfile lease file in the test's directory (needs an RA with M)."""
+
+    def __init__(self, bed: Lan, ns: Netns, name: str, *, valid: int = 30, preferred: int = 20,
+                 renew: int = 8, rebind: int = 14) -> None:
+        self.leases = bed.tmp / f"{name}.leases6.csv"
+        self.log = bed.tmp / f"{name}.log"
+        dhcp6: dict[str, Any] = {
+            "interfaces-config": {"interfaces": ["eth0"]},
+            "lease-database": {"type": "memfile", "persist": True, "name": str(self.leases),
+                               "lfc-interval": 0},
+            "preferred-lifetime": preferred, "valid-lifetime": valid,
+            "renew-timer": renew, "rebind-timer": rebind,
+            # Not /var/lib/kea: the server DUID stays in memory for a test.
+            "server-id": {"type": "LL", "htype": 1, "identifier": "020000000009",
+                          "persist": False},
+            "subnet6": [{"id": 1, "subnet": f"{LAN_V6}/64", "interface": "eth0",
+                         "pools": [{"pool": f"{LAN_V6}200-{LAN_V6}2ff"}]}],
+            "loggers": [{"name": "kea-dhcp6", "severity": "DEBUG", "debuglevel": 40,
+                         "output_options": [{"output": "stdout"}]}],
+        }
+        conf = bed.tmp / f"{name}.json"
+        conf.write_text(json.dumps({"Dhcp6": dhcp6}))
+        env = {"KEA_PIDFILE_DIR": str(bed.tmp), "KEA_LOCKFILE_DIR": str(bed.tmp)}
+        self.proc = bed.start(ns, ["kea-dhcp6", "-c", str(conf)], self.log, env)
+
+    def lines(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
 class Radvd:
     """radvd announcing ``prefix`` for SLAAC only (no M flag) on ``eth0`` of ``ns``."""
 
-    def __init__(self, bed: Lan, ns: Netns, name: str, prefix: str = f"{LAN_V6}/64") -> None:
+    def __init__(self, bed: Lan, ns: Netns, name: str, prefix: str = f"{LAN_V6}/64",
+                  managed: bool = False) -> None:
         ns.sysctl("net.ipv6.conf.all.forwarding", "1")
+        flag = "on" if managed else "off"
+        autonomous = "off" if managed else "on"
         conf = bed.tmp / f"{name}.conf"
         conf.write_text(
             "interface eth0 {\n AdvSendAdvert on;\n MinRtrAdvInterval 3;\n"
-            " MaxRtrAdvInterval 4;\n AdvManagedFlag off;\n"
-            f" prefix {prefix} {{\n  AdvOnLink on;\n  AdvAutonomous on;\n }};\n}};\n")
+            f" MaxRtrAdvInterval 4;\n AdvManagedFlag {flag};\n"
+            f" prefix {prefix} {{\n  AdvOnLink on;\n  AdvAutonomous {autonomous};\n }};\n}};\n")
         self.log = bed.tmp / f"{name}.log"
         self.proc = bed.start(ns, ["radvd", "--nodaemon", "-C", str(conf), "-p",
                                    str(bed.tmp / f"{name}.pid"), "-m", "stderr"], self.log)
@@ -485,4 +523,4 @@ if __name__ == "__main__":
              "fuzz <mac> <count> <seed>")
 
 
-__all__ = ["Dnsmasq", "Kea4", "Radvd", "Lan", "Worker", "lan", "sh", "stop", "wait_until"]
+__all__ = ["Dnsmasq", "Kea4", "Kea6", "Radvd", "Lan", "Worker", "lan", "sh", "stop", "wait_until"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.dhcp_servers import LAN_V4, LAN_V6, Dnsmasq, Lan, Radvd, Worker, lan
+from tests.integration.dhcp_servers import LAN_V4, LAN_V6, Dnsmasq, Kea6, Lan, Radvd, Worker, lan
 from tests.netns import wait_until
 
 SLAAC_ADDRESS = f"{LAN_V6}42:aaff:febb:cc01/64"  # EUI-64 of 02:42:aa:bb:cc:01: stable as the MAC
@@ -71,3 +71,25 @@ def test_stateful_dhcpv6_dnsmasq_renew_restart_release(bed: Lan) -> None:
     wait_until(lambda: "DHCPRELEASE(eth0) 00:03:00:01:02:42:aa:bb:cc:01" in dns.lines(), 5,
                what="v6 release at server")
     assert "anchord-ext" not in bed.anchor.run("ip", "link", "show")
+
+
+def test_stateful_dhcpv6_kea_renews_at_t1_and_releases(bed: Lan) -> None:
+    server = bed.server_ns("srv", 1)
+    Radvd(bed, server, "radvd", managed=True)
+    kea = Kea6(bed, server, "kea6", valid=30, preferred=20, renew=6, rebind=14)
+    worker = Worker(bed).start()
+    first = worker.wait_lease(6, timeout=20, pred=lambda e: e["lease"]["source"] == "dhcpv6")
+    lease = first["lease"]
+    address = lease["address"].split("/")[0]
+    assert int(address.rsplit(":", 1)[1], 16) in range(0x200, 0x300)
+    assert (lease["t1"], lease["t2"], lease["lease_time"]) == (6, 14, 30)
+    assert worker.lease(4) is None  # no DHCPv4 server on this LAN: v6 did not wait for it
+    wait_until(lambda: address in kea.leases.read_text(), 5, what="lease in kea's file")
+    assert "proj-one." in kea.leases.read_text()  # the FQDN option reached the server
+    renewed = worker.wait_lease(6, timeout=10,
+                                pred=lambda e: e["lease"]["expiry"] > lease["expiry"] + 3)
+    assert renewed["lease"]["address"] == lease["address"]
+    assert "bound -> renewing" in worker.log_text()
+    worker.stop(shutdown=True)
+    wait_until(lambda: "DHCP6_RELEASE_NA" in kea.lines(), 5,
+               what="release at kea")
