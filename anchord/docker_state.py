@@ -44,8 +44,10 @@ SERVICE_LABEL = "com.docker.compose.service"
 NETWORK_LABEL = "com.docker.compose.network"
 
 # Every API call but the event stream gives up after this many seconds: a hung proxy must not
-# freeze the worker. (The API version is negotiated: docker-py "auto", 1.41 on Docker 20.10.)
+# freeze the worker. (The API version is negotiated: 1.41 on Docker 20.10.)
 API_TIMEOUT = 10.0
+API_MIN = "1.24"  # docker-py's floor, only used to ask the daemon which version it speaks
+API_MAX = "1.44"  # the newest version this docker-py knows
 
 # Container actions that can change what a container contributes to the table.
 CONTAINER_ACTIONS = frozenset(
@@ -74,10 +76,33 @@ def connect(docker_host: str, timeout: float = API_TIMEOUT) -> docker.APIClient:
 
     Raises DockerUnavailable when the API does not answer.
     """
+    # Negotiated by hand rather than with docker-py's version="auto": that one leaks the
+    # probe client's socket when the daemon does not answer, and we retry a lot then.
+    _reachable(docker_host, timeout)
     try:
-        return docker.APIClient(base_url=docker_host, version="auto", timeout=timeout)
-    except _API_ERRORS as exc:
+        with docker.APIClient(base_url=docker_host, version=API_MIN, timeout=timeout) as probe:
+            server = str(probe.version(api_version=False)["ApiVersion"])
+    except (*_API_ERRORS, KeyError) as exc:
         raise DockerUnavailable(f"{docker_host}: {exc}") from exc
+    version = min((server, API_MAX), key=lambda v: tuple(int(x) for x in v.split(".")))
+    return docker.APIClient(base_url=docker_host, version=version, timeout=timeout)
+
+
+def _reachable(docker_host: str, timeout: float) -> None:
+    """Fail fast, and without leaking a socket, when a unix socket refuses connections.
+
+    docker-py's unix transport does not close its socket when ``connect`` fails; while the
+    API is down we retry often, so check the socket ourselves first.
+    """
+    if not docker_host.startswith("unix://"):
+        return
+    path = docker_host[len("unix://"):]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except OSError as exc:
+            raise DockerUnavailable(f"{docker_host}: {exc}") from exc
 
 
 class DockerApi:
@@ -91,6 +116,9 @@ class DockerApi:
     def _api(self) -> docker.APIClient:
         if self._client is None:
             self._client = connect(self.docker_host)
+        else:
+            # A unix socket gone away: fail here instead of in docker-py (which leaks then).
+            _reachable(self.docker_host, API_TIMEOUT)
         return self._client
 
     def _fail(self, exc: BaseException) -> DockerUnavailable:
@@ -227,6 +255,7 @@ class EventPump:
         delay = self.backoff_min
         since = time.time()
         while not self._stop.is_set():
+            api: docker.APIClient | None = None
             try:
                 api = connect(self.docker_host)
                 # Replay from a second before: Docker registers the subscriber only after it
@@ -255,6 +284,8 @@ class EventPump:
                         stream.close()
                     except Exception:  # noqa: BLE001
                         pass
+                if api is not None:
+                    api.close()
             if self._stop.is_set():
                 break
             self._report(PumpReport("lost", error=error))

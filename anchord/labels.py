@@ -81,14 +81,14 @@ def parse_token(token: str) -> PortRange:
         raise LabelError(token, "empty entry (stray comma?)")
     m = _TOKEN.match(text)
     if not m:
-        raise LabelError(token, "expected proto/port or proto/first-last, e.g. tcp/443")
+        raise LabelError(text, "expected proto/port or proto/first-last, e.g. tcp/443")
     proto = m.group(1).lower()
     if proto not in PROTOS:
-        raise LabelError(token, f"protocol {m.group(1)!r} is not tcp or udp")
-    first = _port(token, m.group(2))
-    last = _port(token, m.group(3)) if m.group(3) is not None else first
+        raise LabelError(text, f"protocol {m.group(1)!r} is not tcp or udp")
+    first = _port(text, m.group(2))
+    last = _port(text, m.group(3)) if m.group(3) is not None else first
     if first > last:
-        raise LabelError(token, f"range {first}-{last} is reversed")
+        raise LabelError(text, f"range {first}-{last} is reversed")
     return PortRange(proto, first, last)
 
 
@@ -101,7 +101,7 @@ def parse_expose(value: str) -> tuple[PortRange, ...]:
         pr = parse_token(token)
         for earlier in ranges:
             if pr.overlaps(earlier):
-                raise LabelError(token, f"overlaps {earlier} earlier in the same label")
+                raise LabelError(token.strip(), f"overlaps {earlier} earlier in the same label")
         ranges.append(pr)
     return tuple(ranges)
 
