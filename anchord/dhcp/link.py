@@ -132,7 +132,11 @@ class ChildLink:
         if not link["flags"] & IFF_UP:
             self.ipr.link("set", index=index, state="up")
             link = self.ipr.get_links(index)[0]
-        up = bool(link["flags"] & IFF_LOWER_UP)
+        # Carrier alone is not enough: until the kernel's linkwatch has activated the
+        # queueing discipline (operstate UP), frames sent are silently dropped, and a
+        # lost first DISCOVER costs a whole 4 s retransmission.
+        operstate = link.get_attr("IFLA_OPERSTATE")
+        up = bool(link["flags"] & IFF_LOWER_UP) and operstate in ("UP", "UNKNOWN")
         return LinkStatus(parent, index=index, up=up, created=created,
                           problem="" if up else f"parent {parent} down")
 
