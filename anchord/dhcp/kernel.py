@@ -25,7 +25,7 @@ IFA_F_PERMANENT = 0x80
 
 
 def _lft(seconds: float) -> int:
-    return max(1, min(int(math.ceil(seconds)), 0xFFFFFFFE))
+    return max(1, min(math.ceil(seconds), 0xFFFFFFFE))
 
 
 def apply_address(ipr: IPRoute, index: int, address: str, prefixlen: int, valid: float,

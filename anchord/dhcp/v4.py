@@ -187,7 +187,7 @@ class Dhcp4Client:
         if now < self.wakeup or self.state == S.STOPPED:
             return
         if self.lease is not None and self.state in HOLDS_LEASE:
-            t1, t2, expiry = self._lease_deadlines()
+            _t1, _t2, expiry = self._lease_deadlines()
             if now >= expiry:
                 self._expire()
                 return
@@ -244,7 +244,7 @@ class Dhcp4Client:
         self._bind(self.offer, self.offer_mac, now)
 
     def _tick_bound(self, now: float) -> None:
-        t1, t2, expiry = self._lease_deadlines()
+        t1, _t2, _expiry = self._lease_deadlines()
         if now < t1:
             self.wakeup = t1
             return
@@ -254,7 +254,7 @@ class Dhcp4Client:
 
     def _tick_renewing(self, now: float) -> None:
         assert self.lease is not None
-        t1, t2, expiry = self._lease_deadlines()
+        _t1, t2, _expiry = self._lease_deadlines()
         if now >= t2:
             self._go(S.REBINDING, "T2 reached")
             self._tick_rebinding(now)
@@ -270,7 +270,7 @@ class Dhcp4Client:
 
     def _tick_rebinding(self, now: float) -> None:
         assert self.lease is not None
-        t1, t2, expiry = self._lease_deadlines()
+        _t1, _t2, expiry = self._lease_deadlines()
         self.host.send(packets.build(
             packets.REQUEST, self.mac, self.xid, self.hostname, ciaddr=self.lease.address,
             src_ip=self.lease.address, secs=self._secs(now)))
@@ -286,7 +286,7 @@ class Dhcp4Client:
         assert self.lease is not None
         if self.tries >= REBOOT_TRIES:
             # RFC 2131 3.2: no answer, keep using the lease until it expires.
-            t1, t2, expiry = self._lease_deadlines()
+            t1, t2, _expiry = self._lease_deadlines()
             self.backoff.reset()
             if now < t1:
                 self._go(S.BOUND, "no answer to init-reboot, lease still valid")

@@ -288,7 +288,7 @@ class Worker:
 
     def wait_lease(self, family: int = 4, timeout: float = 15.0,
                    pred: Callable[[dict[str, Any]], bool] = lambda _: True) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
+        def check() -> Any:
             lease = self.lease(family)
             return lease if lease is not None and pred(lease) else None
         try:
@@ -305,7 +305,7 @@ class FileBus:
     """The BusClient contract, publishing to a JSON-lines file (tests read it)."""
 
     def __init__(self, path: Path, inbox: Sequence[Any] = ()) -> None:
-        self.fh = open(path, "a", buffering=1)  # noqa: SIM115
+        self.fh = open(path, "a", buffering=1)
         self.ready_fds: set[int] = set()
         self.watched: set[int] = set()
         self.state: Callable[[], Sequence[Any]] = lambda: ()
@@ -495,7 +495,7 @@ def _fuzz_main(mac: str, count: int, seed: int) -> int:
     corpus6 = [
         b"", head6[:3], head6,  # truncated, no ids
         head6 + opt(1, duid) + opt(2, b"\x00\x01", 40),  # length past end
-        head6 + opt(1, duid) + opt(2, b"\x00\x03\x00\x01" + b"x" * 6) + ia,  # pref > valid, wrong IAID
+        head6 + opt(1, duid) + opt(2, b"\x00\x03\x00\x01" + b"x" * 6) + ia,  # wrong IAID
         head6 + opt(1, b"\x00\x03\x00\x01" + b"\x00" * 6) + opt(2, b"\x00\x03" * 4) + ia,
         head6 + opt(1, duid) + opt(2, b"\x00\x03" * 4) + opt(3, b"\x00" * 5),  # short IA
         head6 + opt(1, duid) + opt(2, b"\x00\x03" * 4) + opt(13, b""),  # empty status
@@ -523,4 +523,4 @@ if __name__ == "__main__":
              "fuzz <mac> <count> <seed>")
 
 
-__all__ = ["Dnsmasq", "Kea4", "Kea6", "Radvd", "Lan", "Worker", "lan", "sh", "stop", "wait_until"]
+__all__ = ["Dnsmasq", "Kea4", "Kea6", "Lan", "Radvd", "Worker", "lan", "sh", "stop", "wait_until"]

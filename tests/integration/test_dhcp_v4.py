@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.dhcp_servers import LAN_V4, MAC, Dnsmasq, Kea4, Lan, Worker, lan
+from tests.integration.dhcp_servers import LAN_V4, MAC, Dnsmasq, Lan, Worker, lan
 from tests.netns import wait_until
 
 
