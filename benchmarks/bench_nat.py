@@ -13,12 +13,10 @@ Everything runs in throw-away network namespaces.
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from anchord.nft import NatTables, Nft
@@ -41,15 +39,6 @@ def line(what: str, samples: list[float]) -> None:
           f"  (n={len(samples)})")
 
 
-def timed(fn: Callable[[], object], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def entries(n: int, ranges: bool, flip: int = -1) -> list[Backend]:
     out = []
     for i in range(n):
@@ -62,60 +51,70 @@ def entries(n: int, ranges: bool, flip: int = -1) -> list[Backend]:
     return out
 
 
+def one_size(ns: Netns, n: int, ranges: bool) -> None:
+    kind = "interval map" if ranges else "plain map"
+    with inside(ns):
+        t = NatTables("anchord-ext")
+        t.adopt()
+        start = time.perf_counter()
+        t.apply(entries(n, ranges))
+        load = time.perf_counter() - start
+        nft = t.nft
+    key = BASE + 3 * (n // 2) if ranges else BASE + n // 2
+    keytxt = f"{key}-{key + 1}" if ranges else str(key)
+    mapname = "tcp_ranges" if ranges else "tcp_ports"
+
+    def batch(last_octet: int) -> str:
+        return (f"delete element ip anchord_v4 {mapname} {{ {keytxt} }}\n"
+                f"add element ip anchord_v4 {mapname} {{ {keytxt} : 10.9.9.{last_octet} }}\n")
+
+    lib, cli = [], []
+    with inside(ns):
+        for i in range(200):
+            start = time.perf_counter()
+            nft.run(batch(1 + i % 2))
+            lib.append(time.perf_counter() - start)
+    for i in range(30):
+        start = time.perf_counter()
+        subprocess.run(["ip", "netns", "exec", ns.name, "nft", "-f", "-"], check=True,
+                       input=batch(3 + i % 2).encode())
+        cli.append(time.perf_counter() - start)
+    print(f"  {kind}, {n} elements: initial load {load * 1000:.1f} ms")
+    line(f"{kind} {n:>6}: libnftables in-process", lib)
+    line(f"{kind} {n:>6}: nft -f - (new process)", cli)
+    with inside(ns):
+        t.delete()
+        t.close()
+
+
 def transactions(ns: Netns) -> None:
     print("1. one changed element, one transaction, against map size")
     for ranges in (False, True):
-        kind = "interval map" if ranges else "plain map"
         for n in SIZES:
-            with inside(ns):
-                t = NatTables("anchord-ext")
-                t.adopt()
-                load = timed(lambda: t.apply(entries(n, ranges)), 1)
-                nft = t.nft
-            key = BASE + 3 * (n // 2) if ranges else BASE + n // 2
-            keytxt = f"{key}-{key + 1}" if ranges else str(key)
-            mapname = "tcp_ranges" if ranges else "tcp_ports"
-            flip = [0]
+            one_size(ns, n, ranges)
 
-            def change() -> None:
-                flip[0] ^= 1
-                nft.run(f"delete element ip anchord_v4 {mapname} {{ {keytxt} }}\n"
-                        f"add element ip anchord_v4 {mapname} {{ {keytxt} : 10.9.9.{1 + flip[0]} }}\n")
 
-            with inside(ns):
-                lib = timed(change, 200)
-            cli = timed(lambda: subprocess.run(
-                ["ip", "netns", "exec", ns.name, "nft", "-f", "-"], check=True,
-                input=f"delete element ip anchord_v4 {mapname} {{ {keytxt} }}\n"
-                      f"add element ip anchord_v4 {mapname} {{ {keytxt} : 10.9.9.7 }}\n".encode()),
-                30)
-            print(f"  {kind}, {n} elements: initial load {load[0] * 1000:.1f} ms")
-            line(f"{kind} {n:>6}: libnftables in-process", lib)
-            line(f"{kind} {n:>6}: nft -f - (new process)", cli)
-            with inside(ns):
-                t.delete()
-                t.close()
+def apply_one(ns: Netns, n: int) -> None:
+    with inside(ns):
+        t = NatTables("anchord-ext")
+        t.adopt()
+        t.apply(entries(n, False))
+        toggle = [entries(n, False, flip=n // 2), entries(n, False)]
+        samples = []
+        for i in range(200):
+            start = time.perf_counter()
+            r = t.apply(toggle[i % 2])
+            samples.append(time.perf_counter() - start)
+            assert r.ok and r.changed == 1, r
+        t.delete()
+        t.close()
+    line(f"apply, {n:>6} entries", samples)
 
 
 def apply_latency(ns: Netns) -> None:
     print("2. NatTables.apply (normalise + diff + render + transaction), one backend of N moves")
     for n in SIZES:
-        with inside(ns):
-            t = NatTables("anchord-ext")
-            t.adopt()
-            t.apply(entries(n, False))
-            toggle = [entries(n, False), entries(n, False, flip=n // 2)]
-            i = [0]
-
-            def step() -> None:
-                i[0] ^= 1
-                r = t.apply(toggle[i[0]])
-                assert r.ok and r.changed == 1, r
-
-            samples = timed(step, 200)
-            t.delete()
-            t.close()
-        line(f"apply, {n:>6} entries", samples)
+        apply_one(ns, n)
 
 
 BROKER = r"""
