@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.dhcp_servers import LAN_V4, Kea4, Lan, Worker, lan
+from tests.integration.dhcp_servers import LAN_V4, Dnsmasq, Kea4, Lan, Worker, lan
 from tests.netns import wait_until
 
 
@@ -115,3 +115,26 @@ def test_parent_down_up_and_deleted_recreated(bed: Lan) -> None:
     assert time.monotonic() - t0 < 6
     wait_until(lambda: link_up(True), 5, what="link up published again")
     assert worker.proc is not None and worker.proc.poll() is None
+
+
+def test_lease_rotation_moves_to_the_new_address_without_restart(bed: Lan) -> None:
+    server = bed.server_ns("srv", 1)
+    timers = ("--dhcp-option=option:T1,4s", "--dhcp-option=option:T2,10s",
+              f"--dhcp-option=3,{LAN_V4}.1")
+    dns = Dnsmasq(bed, server, "dnsmasq", *timers, first=160, last=160)
+    worker = Worker(bed).start()
+    first = worker.wait_lease(4)["lease"]
+    assert first["address"] == f"{LAN_V4}.160/24" and first["t1"] == 4
+    # The server is reconfigured: the old address is no longer in its range.
+    dns.stop()
+    Dnsmasq(bed, server, "dnsmasq2", *timers, "--dhcp-authoritative", first=180, last=180)
+    moved = worker.wait_lease(4, timeout=20,
+                              pred=lambda e: e["lease"]["address"] == f"{LAN_V4}.180/24")
+    assert "renewing -> init" in worker.log_text()  # NAK at T1, no restart
+    assert moved["lease"]["gateway"] == f"{LAN_V4}.1"
+    assert worker.addresses(4) == [f"{LAN_V4}.180/24"]
+    assert f"default via {LAN_V4}.1 dev anchord-ext" in bed.anchor.run("ip", "-4", "route")
+    lost = [e["data"] for e in worker.published() if e["topic"] == "LeaseLost/"]
+    assert lost and lost[-1]["address"] == first["address"]  # for the conntrack flusher
+    assert worker.proc is not None and worker.proc.poll() is None
+    server.run("ping", "-c1", "-W2", f"{LAN_V4}.180")
