@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +11,25 @@ import pytest
 
 from tests.integration.dhcp_servers import LAN_V4, MAC, Dnsmasq, Lan, Worker, lan
 from tests.netns import wait_until
+
+ECHO_SERVER = """
+import socket, sys
+s = socket.create_server((sys.argv[1], 7007))
+while True:
+    c, _ = s.accept()
+    while data := c.recv(100):
+        c.sendall(data)
+"""
+HOLDING_CLIENT = """
+import os, socket, sys, time
+c = socket.create_connection((sys.argv[1], 7007), timeout=5)
+c.sendall(b"a"); assert c.recv(10) == b"a"
+open(sys.argv[2] + ".ready", "w").close()
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.05)
+c.sendall(b"b"); assert c.recv(10) == b"b"
+print("ok")
+"""
 
 
 @pytest.fixture
@@ -44,6 +65,14 @@ def test_restart_keeps_address_init_reboot_and_shutdown_releases(bed: Lan) -> No
     worker = Worker(bed).start()
     address = worker.wait_lease(4)["lease"]["address"]
     ip = address.split("/")[0]
+    # A LAN client holds a TCP connection to the project address across the restart.
+    flag = bed.tmp / "go"
+    echo = bed.anchor.popen([sys.executable, "-c", ECHO_SERVER, ip])
+    wait_until(lambda: ":7007" in bed.anchor.run("ss", "-ltn"), 10, what="echo listening")
+    client = server.popen([sys.executable, "-c", HOLDING_CLIENT, ip, str(flag)],
+                          stdout=subprocess.PIPE)
+    wait_until(lambda: (bed.tmp / "go.ready").exists() or client.poll() is not None, 10,
+               what="client connected")
     assert worker.stop() == 0  # a restart, not a shutdown: everything stays
     assert worker.addresses(4) == [address]
     discovers = dns.lines().count("DHCPDISCOVER")
@@ -54,6 +83,11 @@ def test_restart_keeps_address_init_reboot_and_shutdown_releases(bed: Lan) -> No
     # INIT-REBOOT: a REQUEST and no new DISCOVER seen by the server; same address throughout.
     assert dns.lines().count("DHCPDISCOVER") == discovers
     assert worker.addresses(4) == [address]
+    flag.write_text("go")
+    out, _ = client.communicate(timeout=10)
+    assert out.strip() == b"ok", out  # the same connection still works after the restart
+    echo.kill()
+    echo.wait()
     # Container shutdown: DHCPRELEASE reaches the server, the child is gone.
     assert worker.stop(shutdown=True) == 0
     wait_until(lambda: f"DHCPRELEASE(eth0) {ip}" in dns.lines(), 5, what="release at server")
