@@ -50,7 +50,10 @@ def setup_moving_backend(net: it.Inbound, family: int) -> tuple[NatTables, it.St
     for b in (b1, b2):
         it.serve(b, udp=[5353])
     project = it.PROJECT4 if family == 4 else it.PROJECT6
-    addr = (lambda b: b.v4) if family == 4 else (lambda b: b.v6)
+
+    def addr(b: it.Backend) -> str:
+        return b.v4 if family == 4 else b.v6
+
     with it.inside(net.anchor):
         t = NatTables(it.EXT)
         t.adopt()

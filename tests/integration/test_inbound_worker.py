@@ -91,7 +91,7 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
 
 def handles(net: it.Inbound) -> dict[str, int]:
     listing = it.nft_json(net.anchor, "list", "tables")
-    return {o["table"]["name"]: o["table"]["handle"]  # type: ignore[index]
+    return {o["table"]["name"]: o["table"]["handle"]
             for o in listing["nftables"] if "table" in o}  # type: ignore[attr-defined]
 
 
