@@ -18,6 +18,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from anchord.dhcp import hostns
 from bus.events import NetworkMap
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ class LinkStatus:
 
 def resolve_parent(ipr: IPRoute, name: str, child: str, network_map: NetworkMap | None) -> str:
     """The interface to use as parent: ``name`` itself if it exists, else the
-    interface whose MAC the NetworkMap gives for the Compose network ``name``."""
-    if ipr.link_lookup(ifname=name):
+    interface whose MAC the NetworkMap gives for the Compose network ``name``.
+    ``/path/to/netns:ifname`` names an interface of another namespace (F-6d)."""
+    if hostns.split_parent(name) is not None or ipr.link_lookup(ifname=name):
         return name
     if network_map is None:
         return ""
@@ -76,7 +78,7 @@ class ChildLink:
         found = self.ipr.link_lookup(ifname=ifname)
         return int(found[0]) if found else 0
 
-    def _shape_problem(self, index: int, parent_index: int) -> str:
+    def _shape_problem(self, index: int, parent_index: int, parent_nsid: int | None) -> str:
         """Why the existing child is not ours as it should be ("" when it is)."""
         link = self.ipr.get_links(index)[0]
         kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
@@ -85,8 +87,8 @@ class ChildLink:
         mode = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_MACVLAN_MODE")
         if mode != MACVLAN_MODE_BRIDGE:
             return f"mode {mode}"
-        if link.get_attr("IFLA_LINK_NETNSID") is not None:
-            return "parent in another namespace"
+        if link.get_attr("IFLA_LINK_NETNSID") != parent_nsid:
+            return f"parent namespace id {link.get_attr('IFLA_LINK_NETNSID')}"
         if link.get_attr("IFLA_LINK") != parent_index:
             return f"parent index {link.get_attr('IFLA_LINK')}"
         mac = str(link.get_attr("IFLA_ADDRESS") or "").lower()
@@ -106,21 +108,36 @@ class ChildLink:
     def _ensure(self, parent: str) -> LinkStatus:
         if not parent:
             return LinkStatus(parent, problem="parent not resolved yet")
-        parent_index = self._lookup(parent)
+        parent_nsid: int | None = None
+        foreign = hostns.split_parent(parent)
+        if foreign is not None:
+            # The parent lives in another namespace (a real host's interface): find
+            # its index there through our id for that namespace.
+            path, ifname = foreign
+            try:
+                parent_nsid = hostns.netnsid(path)
+                found = [link for link in hostns.foreign_links(parent_nsid)
+                         if link.name == ifname]
+            except OSError as exc:
+                return LinkStatus(parent, problem=f"host namespace {path}: {exc}")
+            parent_index = found[0].index if found else 0
+        else:
+            parent_index = self._lookup(parent)
         if not parent_index:
             return LinkStatus(parent, problem=f"parent {parent} missing")
         created = False
         index = self._lookup(self.name)
         if index:
-            problem = self._shape_problem(index, parent_index)
+            problem = self._shape_problem(index, parent_index, parent_nsid)
             if problem:
                 log.warning("replacing a child of the wrong shape",
                             extra={"fields": {"iface": self.name, "problem": problem}})
                 self.ipr.link("del", index=index)
                 index = 0
         if not index:
+            extra = {} if parent_nsid is None else {"link_netnsid": parent_nsid}
             self.ipr.link("add", ifname=self.name, kind="macvlan", link=parent_index,
-                          macvlan_mode=MACVLAN_MODE_BRIDGE, address=self.mac)
+                          macvlan_mode=MACVLAN_MODE_BRIDGE, address=self.mac, **extra)
             index = self._lookup(self.name)
             if not index:
                 return LinkStatus(parent, problem="child vanished after creation")

@@ -144,3 +144,34 @@ def test_parent_named_by_compose_network_resolved_by_mac(bed: Lan) -> None:
 
 def open_mac(bed: Lan, ifname: str) -> str:
     return bed.anchor.run("cat", f"/sys/class/net/{ifname}/address").strip()
+
+
+def test_parent_in_the_host_namespace_f6d(bed: Lan) -> None:
+    """A real host's interface as parent: the child lives in the anchor namespace, its
+    lower device in the "host" namespace (IFLA_LINK_NETNSID), found through a handle."""
+    server = bed.server_ns("srv", 1)
+    dns = Dnsmasq(bed, server, "dnsmasq")
+    host = bed.topo.netns("host")
+    bed.plug(host, "hlan0")
+    worker = Worker(bed, parent=f"{host.path}:hlan0").start()
+    lease = worker.wait_lease(4)["lease"]
+    link = bed.anchor.run("ip", "-d", "link", "show", "anchord-ext")
+    assert f"link-netns {host.name}" in link and "macvlan mode bridge" in link
+    assert "hlan0" not in bed.anchor.run("ip", "link", "show")  # the parent stays on the host
+    wait_until(lambda: "proj-one" in dns.leases.read_text(), 5, what="hostname in leases")
+    server.run("ping", "-c1", "-W2", lease["address"].split("/")[0])
+    # A restarted worker adopts the child as is (same ifindex), no re-creation.
+    index = bed.anchor.run("cat", "/sys/class/net/anchord-ext/ifindex")
+    worker.stop()
+    before = len(worker.log_text())
+    worker.start()
+    wait_until(lambda: "rebooting -> bound" in worker.log_text()[before:], 10,
+               what="init-reboot")
+    assert bed.anchor.run("cat", "/sys/class/net/anchord-ext/ifindex") == index
+    assert "macvlan child created" not in worker.log_text()[before:]
+    # The host interface goes away and comes back: the child is re-created.
+    host.run("ip", "link", "del", "hlan0")
+    wait_until(lambda: "anchord-ext" not in bed.anchor.run("ip", "link", "show"), 5,
+               what="child gone with its parent")
+    bed.plug(host, "hlan0")
+    wait_until(lambda: worker.addresses(4) == [lease["address"]], 10, what="child back")
