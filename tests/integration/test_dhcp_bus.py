@@ -1,0 +1,72 @@
+"""The dhcp worker on the real bus: broker, BusClient, runner-style start, a subscriber."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bus.client import BusClient
+from bus.events import LeaseChanged, LinkChanged
+from tests.integration.dhcp_servers import LAN_V4, MAC, REPO, Dnsmasq, Lan, lan, stop
+from tests.netns import wait_until
+
+WORKER = """
+import sys
+from pathlib import Path
+from anchord.config import NetworkAnchorConfig
+from anchord.lifecycle import Lifecycle
+from bus.client import BusClient
+from workers import dhcp
+run = Path(sys.argv[1])
+config = NetworkAnchorConfig(project="proj", vlan_parent="eth0", dhcp_hostname="proj-bus",
+                             ext_mac=sys.argv[2], run_dir=run, state_dir=run / "state")
+life = Lifecycle(run)
+life.install_signal_handlers()
+with BusClient("dhcp", run, subscribe=dhcp.SUBSCRIBE) as bus:
+    sys.exit(dhcp.run(config, bus, life))
+"""
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Iterator[Lan]:
+    with lan(tmp_path) as b:
+        yield b
+
+
+def test_lease_reaches_a_subscriber_and_is_republished_on_hello(bed: Lan) -> None:
+    server = bed.server_ns("srv", 1)
+    Dnsmasq(bed, server, "dnsmasq")
+    run = bed.tmp / "run"
+    run.mkdir(mode=0o700)
+    env = {"PYTHONPATH": str(REPO)}
+    broker = bed.start(bed.anchor, [sys.executable, "-c",
+                                    "import sys; from pathlib import Path; from bus import broker;"
+                                    "broker.serve(Path(sys.argv[1]), lambda: False)", str(run)],
+                       bed.tmp / "broker.log", env)
+    wait_until(lambda: (run / "sub.ipc").exists(), 10, what="broker sockets")
+    worker = bed.start(bed.anchor, [sys.executable, "-c", WORKER, str(run), MAC],
+                       bed.tmp / "worker.log", env)
+    seen: list[object] = []
+    with BusClient("probe", run, subscribe=(LeaseChanged, LinkChanged)) as probe:
+        def lease() -> LeaseChanged | None:
+            seen.extend(probe.poll(0.2))
+            found = [e for e in seen if isinstance(e, LeaseChanged) and e.lease.family == 4]
+            return found[-1] if found else None
+        found = wait_until(lease, 20, what="LeaseChanged on the bus")
+        assert found is not None
+        first: LeaseChanged = found
+        assert first.lease.address.startswith(f"{LAN_V4}.")
+        assert first.lease.hostname == "proj-bus" and first.lease.source == "dhcp"
+        assert any(isinstance(e, LinkChanged) and e.up and e.mac == MAC for e in seen)
+    # A subscriber that starts later gets the whole state at once (Hello -> republish).
+    seen.clear()
+    with BusClient("late", run, subscribe=(LeaseChanged,), heartbeat=60) as late:
+        again = wait_until(lambda: [e for e in late.poll(0.2) if isinstance(e, LeaseChanged)],
+                           3, what="republished on Hello")
+        assert again[0].lease.address == first.lease.address
+    assert stop(worker) == 0
+    stop(broker)
+    assert "Traceback" not in (bed.tmp / "worker.log").read_text()
