@@ -22,12 +22,14 @@ import fcntl
 import logging
 import os
 import queue
+import re
 import socket
 import struct
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import docker
@@ -69,6 +71,7 @@ _API_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.RequestException,
     OSError,
 )
+_PROBE_ERRORS: tuple[type[BaseException], ...] = (*_API_ERRORS, KeyError)
 
 
 def connect(docker_host: str, timeout: float = API_TIMEOUT) -> docker.APIClient:
@@ -82,7 +85,7 @@ def connect(docker_host: str, timeout: float = API_TIMEOUT) -> docker.APIClient:
     try:
         with docker.APIClient(base_url=docker_host, version=API_MIN, timeout=timeout) as probe:
             server = str(probe.version(api_version=False)["ApiVersion"])
-    except (*_API_ERRORS, KeyError) as exc:
+    except _PROBE_ERRORS as exc:
         raise DockerUnavailable(f"{docker_host}: {exc}") from exc
     version = min((server, API_MAX), key=lambda v: tuple(int(x) for x in v.split(".")))
     return docker.APIClient(base_url=docker_host, version=version, timeout=timeout)
@@ -326,6 +329,39 @@ def event_time(ev: Mapping[str, Any]) -> float:
 
 
 # --- reading inspect documents ---------------------------------------------------------------
+
+
+def parse_time(value: str) -> float:
+    """Docker's RFC 3339 time with nanoseconds (UTC, ``Z``) in unix seconds; 0.0 if unset."""
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z$", value or "")
+    if not m or m.group(1).startswith("0001"):
+        return 0.0
+    whole = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    return whole.timestamp() + float(f"0.{m.group(2) or '0'}")
+
+
+def fingerprint(info: Inspect | None) -> tuple[object, ...] | None:
+    """Everything of a container that discovery's output depends on (None: no container)."""
+    if info is None:
+        return None
+    nets = tuple(sorted(
+        (name, str(n.get("IPAddress") or ""), str(n.get("GlobalIPv6Address") or ""),
+         str(n.get("MacAddress") or ""), str(n.get("NetworkID") or ""))
+        for name, n in networks_of(info).items()))
+    return (is_running(info), health_of(info), name_of(info), str(info.get("Created", "")),
+            tuple(sorted(labels_of(info).items())), nets,
+            str((info.get("HostConfig") or {}).get("NetworkMode") or ""))
+
+
+def transition_time(before: Inspect | None, after: Inspect | None) -> float:
+    """When Docker says the container started or stopped, if that happened between the two."""
+    if after is None:
+        return 0.0
+    running = is_running(after)
+    if before is not None and is_running(before) == running:
+        return 0.0
+    state = after.get("State") or {}
+    return parse_time(str(state.get("StartedAt" if running else "FinishedAt") or ""))
 
 
 def name_of(info: Inspect) -> str:

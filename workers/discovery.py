@@ -42,11 +42,15 @@ from anchord.docker_state import (
     container_view,
     event_time,
     find_self,
+    fingerprint,
+    is_running,
+    labels_of,
     local_macs,
     name_of,
     network_alias,
     networks_of,
     relevant_container,
+    transition_time,
 )
 from anchord.labels import Table, build_table
 from anchord.lifecycle import Lifecycle
@@ -201,26 +205,38 @@ class Discovery:
         cid = relevant_container(ev, self.config.project)
         if cid is None or cid in self._foreign:
             return False
+        cached = self.cache.get(cid)
+        if ev.get("Type") == "network" and cached is not None and not is_running(cached):
+            # A container being started joins its networks first; inspecting it now would
+            # wait on Docker's container lock until the start is over, and the change would
+            # carry the time of this event instead of the start's. Its "start" event follows.
+            return False
         self.events += 1
         t = event_time(ev)
-        if t and (not self._pending_time or t < self._pending_time):
-            self._pending_time = t
         log.debug("docker event", extra={"fields": {
-            "type": ev.get("Type"), "action": ev.get("Action"), "container": cid[:12]}})
+            "type": ev.get("Type"), "action": ev.get("Action"), "container": cid[:12],
+            "time": t}})
         try:
             info = self.api.inspect(cid)
         except DockerUnavailable as exc:
             self._lost(str(exc))
             return False
         self._answered()
-        if info is None:
-            self.cache.pop(cid, None)
-        elif (info.get("Config") or {}).get("Labels", {}).get(PROJECT_LABEL) == \
-                self.config.project:
-            self.cache[cid] = info
-        else:
+        if info is not None and labels_of(info).get(PROJECT_LABEL) != self.config.project:
             self._foreign.add(cid)
             return False
+        if fingerprint(info) == fingerprint(cached):
+            return False  # nothing that matters changed: no rebuild, and no time to lend
+        # The inspect waits for Docker's container lock: an event read during a start or
+        # stop (e.g. "stop" of the previous run) returns the state after it. The change is
+        # then due to that transition, and Docker's own time for it is the honest one.
+        t = max(t, transition_time(cached, info))
+        if t and (not self._pending_time or t < self._pending_time):
+            self._pending_time = t
+        if info is None:
+            self.cache.pop(cid, None)
+        else:
+            self.cache[cid] = info
         return True
 
     def _relist(self) -> None:
@@ -283,6 +299,10 @@ class Discovery:
         return self._aliases[name]
 
     def _rebuild(self, cause: str) -> None:
+        caused_at = self._pending_time if cause == "event" else 0.0
+        # Events that change nothing (a "stop" after its "die") must not lend their time
+        # to a later change.
+        self._pending_time = 0.0
         self_info = self._find_self()
         if self_info is None and self.desired is not None:
             return  # a table built while we knew ourselves beats a guess
@@ -315,27 +335,26 @@ class Discovery:
         self.network_map = netmap
         content = (table, transit, self_v4, self_v6)
         if content != self._content:
-            self._publish_table(table, content, cause, transit, self_v4, self_v6)
+            self._publish_table(table, content, cause, caused_at, transit, self_v4, self_v6)
             changed = True
         if changed:
             self.on_change()
 
     def _publish_table(self, table: Table, content: tuple[object, ...], cause: str,
-                       transit: str, self_v4: str, self_v6: str) -> None:
+                       event_time: float, transit: str, self_v4: str, self_v6: str) -> None:
         old = set(self.desired.rejections) if self.desired is not None else set()
         self._content = content
         self.generation = max(self.generation + 1, int(time.time() * 1000))
         self.desired = BackendsDesired(
             generation=self.generation,
             cause=cause,
-            event_time=self._pending_time if cause == "event" else 0.0,
+            event_time=event_time,
             entries=table.entries,
             rejections=table.rejections,
             transit_network=transit,
             transit_v4=self_v4,
             transit_v6=self_v6,
         )
-        self._pending_time = 0.0
         log.info("desired backends changed", extra={"fields": {
             "generation": self.generation, "cause": cause, "entries": len(table.entries),
             "rejections": len(table.rejections)}})

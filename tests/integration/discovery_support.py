@@ -268,7 +268,8 @@ class Driver:
             d = self.desired
             return d if d is not None and predicate(d) else None
 
-        result: BackendsDesired = wait_until(check, timeout=timeout, what=what)
+        result = wait_until(check, timeout=timeout, what=what)
+        assert result is not None
         return result
 
 
