@@ -220,6 +220,8 @@ class Discovery:
             info = self.api.inspect(cid)
         except DockerUnavailable as exc:
             self._lost(str(exc))
+            # This change is not in the cache: re-list soon rather than at the next poll.
+            self._next_list = min(self._next_list, self._clock() + self._retry)
             return False
         self._answered()
         if info is not None and labels_of(info).get(PROJECT_LABEL) != self.config.project:
@@ -252,6 +254,7 @@ class Discovery:
         self._retry = _RETRY_MIN
         self._next_list = self._clock() + self.config.poll_interval
         self.cache = dict(infos)
+        self._foreign.clear()  # bounded by what one poll interval brings
         self._rebuild("poll")
 
     def _answered(self) -> None:

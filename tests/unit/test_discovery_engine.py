@@ -314,3 +314,17 @@ def test_times() -> None:
     assert transition_time(web(running=False), running) == 5.0
     assert transition_time(running, running) == 0.0
     assert transition_time(running, None) == 0.0
+
+
+def test_failed_event_read_relists_soon() -> None:
+    r = Rig(ANCHORD, web())
+    r.subscribe()
+    assert r.d.timeout() == pytest.approx(30.0)
+    r.api.down = True
+    r.api.docs[web()["Id"]] = web("10.0.0.8")
+    r.event(web()["Id"], "start", 5.0)
+    assert r.d.timeout() <= 0.5  # not 30 s: the missed change comes back quickly
+    r.api.down = False
+    r.now += 0.5
+    r.d.step()
+    assert r.d.desired is not None and r.d.desired.entries[0].address == "10.0.0.8"
