@@ -137,3 +137,7 @@ def healthcheck() -> None:
     ok, message = health.check(run_dir)
     click.echo(message)
     sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
