@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 # program name -> module with SUBSCRIBE and run(config, bus, life)
 WORKERS: dict[str, str] = {
+    "discovery": "workers.discovery",
+    "dhcp": "workers.dhcp",
+    "nat-writer": "workers.natwriter",
+    "conntrack-flusher": "workers.conntrack_flusher",
     "metrics": "workers.metrics",
 }
 PROGRAMS = ("bus", *WORKERS)

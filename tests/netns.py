@@ -61,7 +61,7 @@ class Netns:
         return sh("ip", "netns", "exec", self.name, *argv, check=check, timeout=timeout)
 
     def popen(self, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(["ip", "netns", "exec", self.name, *argv], **kw)  # type: ignore[call-overload]
+        return subprocess.Popen(["ip", "netns", "exec", self.name, *argv], **kw)  # type: ignore[call-overload,no-any-return]
 
     def sysctl(self, key: str, value: str) -> None:
         self.run("sysctl", "-qw", f"{key}={value}")

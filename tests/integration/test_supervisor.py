@@ -163,7 +163,7 @@ def test_json_logs_reach_tail_and_console(anchor: Anchor) -> None:
 
 def test_health_and_readiness(anchor: Anchor) -> None:
     assert anchor.http("/healthz") == (200, "ok\n")
-    status, body = wait_until(lambda: (r := anchor.http("/readyz"))[0] == 200 and r, 10)
+    _status, body = wait_until(lambda: (r := anchor.http("/readyz"))[0] == 200 and r, 10)
     assert body == "ready\n"
     metrics = anchor.http("/metrics")[1]
     assert 'anchord_build_info{role="network-anchor",version=' in metrics
