@@ -1,0 +1,76 @@
+"""Layering, checked: what each package may import.
+
+- ``bus`` imports nothing from ``workers`` or ``anchord`` (it is the shared contract);
+- workers never import each other;
+- only ``anchord/nft.py`` speaks nftables (loads libnftables or runs ``nft``);
+- only the dhcp package imports scapy, only Docker-facing modules import docker;
+- the service-anchor imports nothing heavy (it runs once per exposed service).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = sorted(p for pkg in ("anchord", "bus", "workers") for p in (ROOT / pkg).rglob("*.py"))
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def test_sources_found() -> None:
+    assert len(SOURCES) > 20
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if p.parts[-2] == "bus"], ids=rel)
+def test_bus_imports_no_worker(path: Path) -> None:
+    bad = {m for m in imports(path) if m.split(".")[0] in ("workers", "anchord")}
+    assert not bad, f"{rel(path)} imports {bad}"
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if p.parts[-2] == "workers"], ids=rel)
+def test_workers_do_not_import_each_other(path: Path) -> None:
+    bad = {m for m in imports(path) if m.startswith("workers")}
+    assert not bad, f"{rel(path)} imports {bad}"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=rel)
+def test_only_nft_module_speaks_nftables(path: Path) -> None:
+    if rel(path) == "anchord/nft.py":
+        return
+    text = path.read_text()
+    assert "libnftables" not in text, rel(path)
+    assert '"nft"' not in text and "'nft'" not in text, rel(path)
+    assert not any(m == "anchord.nft" or m.startswith("anchord.nft.") for m in imports(path)) \
+        or rel(path) == "workers/natwriter.py", f"{rel(path)} imports anchord.nft"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=rel)
+def test_heavy_libraries_stay_in_their_module(path: Path) -> None:
+    mods = imports(path)
+    if any(m.split(".")[0] == "scapy" for m in mods):
+        assert rel(path).startswith("anchord/dhcp/"), rel(path)
+    if any(m.split(".")[0] == "docker" for m in mods):
+        assert rel(path) in ("anchord/docker_state.py", "workers/discovery.py"), rel(path)
+
+
+def test_service_anchor_stays_light() -> None:
+    mods = imports(ROOT / "workers/service_anchor.py") | imports(ROOT / "anchord/routes.py")
+    heavy = {m for m in mods if m.split(".")[0] in ("scapy", "docker", "zmq", "pyroute2", "bus")}
+    assert not heavy
