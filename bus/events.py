@@ -217,6 +217,22 @@ class LeaseLost(Event):
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class Count:
+    key: str
+    value: int
+
+
+@dataclass(frozen=True)
+class DhcpCounters(Event):
+    """Running totals of one family's DHCP client (reset when the dhcp worker restarts)."""
+
+    TOPIC: ClassVar[str] = "DhcpCounters/"
+    family: int
+    acquisitions: tuple[Count, ...] = ()  # by outcome: ok, nak, timeout, conflict, expired
+    dropped: int = 0  # received packets dropped as malformed or unexpected
+
+
 # --- conntrack-flusher -------------------------------------------------------
 
 
@@ -241,6 +257,7 @@ CATALOGUE: dict[str, type[Event]] = {
         LinkChanged,
         LeaseChanged,
         LeaseLost,
+        DhcpCounters,
         ConntrackFlushed,
     )
 }
@@ -252,6 +269,8 @@ __all__ = [
     "BackendsDesired",
     "Condition",
     "ConntrackFlushed",
+    "Count",
+    "DhcpCounters",
     "DockerEventsSeen",
     "EntryCount",
     "Event",

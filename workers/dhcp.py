@@ -29,7 +29,17 @@ from anchord.dhcp.rawio import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, RawSocket
 from anchord.dhcp.timers import Backoff
 from anchord.dhcp.v4 import Dhcp4Client
 from anchord.dhcp.v6 import V6Client
-from bus.events import Condition, Event, Lease, LeaseChanged, LeaseLost, LinkChanged, NetworkMap
+from bus.events import (
+    Condition,
+    Count,
+    DhcpCounters,
+    Event,
+    Lease,
+    LeaseChanged,
+    LeaseLost,
+    LinkChanged,
+    NetworkMap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +167,11 @@ class DhcpWorker:
                                        previous=self.previous.get(6, "")))
         elif 6 in self.lost:
             events.append(self.lost[6])
+        for family, client in ((4, self.v4), (6, self.v6)):
+            events.append(DhcpCounters(
+                family=family,
+                acquisitions=tuple(Count(k, v) for k, v in sorted(client.acquisitions.items())),
+                dropped=sum(client.dropped.values())))
         return events
 
     def conditions(self) -> Sequence[Condition]:

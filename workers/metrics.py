@@ -28,6 +28,7 @@ from bus.client import HEARTBEAT, BusClient
 from bus.events import (
     BackendsDesired,
     ConntrackFlushed,
+    DhcpCounters,
     DockerEventsSeen,
     Event,
     LeaseChanged,
@@ -72,13 +73,19 @@ class State:
     conntrack_removed: Counter[int] = field(default_factory=Counter)
     docker_events: dict[str, _Running] = field(default_factory=dict)
     leases: dict[int, LeaseChanged] = field(default_factory=dict)
-    rejections: int = 0
+    rejections: Counter[str] = field(default_factory=Counter)  # by kind
+    dhcp: dict[tuple[int, str], _Running] = field(default_factory=dict)
+    dhcp_dropped: dict[int, _Running] = field(default_factory=dict)
+    restarts: Counter[str] = field(default_factory=Counter)  # worker -> pid changes seen
     last_nat: tuple[int, float] | None = None
     reconcile_seconds: Histogram | None = None
 
     def handle(self, event: Event, now: float) -> None:
         self.messages[event.TOPIC.rstrip("/")] += 1
         if isinstance(event, WorkerStatus):
+            previous = self.workers.get(event.worker)
+            if previous is not None and previous[0].pid != event.pid:
+                self.restarts[event.worker] += 1
             self.workers[event.worker] = (event, now)
         elif isinstance(event, NatApplied):
             # NatApplied is republished on every heartbeat: count each generation once.
@@ -100,7 +107,11 @@ class State:
         elif isinstance(event, LeaseLost):
             self.leases.pop(event.family, None)
         elif isinstance(event, BackendsDesired):
-            self.rejections = len(event.rejections)
+            self.rejections = Counter(r.kind for r in event.rejections)
+        elif isinstance(event, DhcpCounters):
+            for count in event.acquisitions:
+                self.dhcp.setdefault((event.family, count.key), _Running()).update(count.value)
+            self.dhcp_dropped.setdefault(event.family, _Running()).update(event.dropped)
 
     def unmet(self, now: float) -> list[str]:
         """Readiness: the unmet conditions as ``key: detail`` lines (empty = ready)."""
@@ -183,9 +194,27 @@ class _Collector(Collector):
             if ev.lease.expiry:
                 lease.add_metric([f"ipv{family}"], max(0.0, ev.lease.expiry - wall))
         yield lease
-        rej = GaugeMetricFamily("anchord_label_rejections", "Labels or ports discovery rejected")
-        rej.add_metric([], s.rejections)
+        rej = GaugeMetricFamily("anchord_label_rejections", "Labels or ports discovery "
+                                "rejects now, by outcome (label, conflict, no-transit)",
+                                labels=["outcome"])
+        for kind in ("label", "conflict", "no-transit"):
+            rej.add_metric([kind], s.rejections[kind])
         yield rej
+        acq = CounterMetricFamily("anchord_dhcp_acquisitions", "DHCP lease acquisitions by "
+                                  "family and outcome", labels=["family", "outcome"])
+        for (family, outcome), running in sorted(s.dhcp.items()):
+            acq.add_metric([f"ipv{family}", outcome], running.total)
+        yield acq
+        dropped = CounterMetricFamily("anchord_dhcp_packets_dropped", "Received DHCP packets "
+                                      "dropped as malformed or unexpected", labels=["family"])
+        for family, running in sorted(s.dhcp_dropped.items()):
+            dropped.add_metric([f"ipv{family}"], running.total)
+        yield dropped
+        restarts = CounterMetricFamily("anchord_worker_restarts", "Worker restarts seen on the "
+                                       "bus (a new pid)", labels=["worker"])
+        for name in self.state.expected:
+            restarts.add_metric([name], s.restarts[name])
+        yield restarts
 
 
 def build_registry(state: State, bus: BusClient) -> CollectorRegistry:
