@@ -33,10 +33,11 @@ RUN python3 -m venv /opt/anchord \
 
 # ---- runtime stage ------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
-# nftables brings libnftables1 (used in-process) and nft; conntrack and iproute2 are for
+# nftables brings libnftables1 (used in-process) and nft; netbase gives it /etc/protocols and
+# /etc/services (without them "tcp" cannot be resolved); conntrack and iproute2 are for
 # operators poking at the kernel state from `docker compose exec`.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 nftables conntrack iproute2 \
+    && apt-get install -y --no-install-recommends python3 nftables conntrack iproute2 netbase \
     && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log
 COPY --from=build /opt/anchord /opt/anchord
 COPY supervisord.conf /etc/anchord/supervisord.conf

@@ -224,6 +224,8 @@ class ComposeProject:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("ANCHORD_IMAGE", IMAGE)
+        # The network-anchor must name the project it belongs to: the unique test project.
+        env["ANCHORD_PROJECT"] = self.name
         env.update(self.env)
         return env
 
