@@ -1,17 +1,29 @@
-"""The bus codec: round trips and every rejection."""
+"""The bus codec: round trips and every rejection, on both validation paths.
+
+The codec validates the canonical shape its own encoder writes on a fast path
+and anything else on the exact (slow) path; the tests here feed both, including
+a bad value deep inside a 10 000-entry table, and pin the wire bytes to what
+``dataclasses.asdict`` + ``json.dumps`` wrote before the codec was compiled.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
+import typing
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from bus.codec import MAX_MESSAGE_BYTES, DecodeError, decode, encode
+from bus.codec import MAX_MESSAGE_BYTES, DecodeError, _compiled, _Mismatch, decode, encode
 from bus.events import (
     CATALOGUE,
     Backend,
     BackendsDesired,
     Condition,
+    Event,
     Hello,
     Lease,
     LeaseChanged,
@@ -44,8 +56,8 @@ def good_envelope() -> dict[str, object]:
 
 
 @pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
-def test_round_trip(event: object) -> None:
-    frames = encode(event, "tester", 9, ts=123.5)  # type: ignore[arg-type]
+def test_round_trip(event: Event) -> None:
+    frames = encode(event, "tester", 9, ts=123.5)
     assert frames[0] == type(event).TOPIC.encode()
     env = decode(frames)
     assert env.event == event
@@ -127,3 +139,304 @@ def test_encode_refuses_oversized_event() -> None:
                            rejections=(Rejection("x", "y" * MAX_MESSAGE_BYTES),))
     with pytest.raises(ValueError, match="over the bus limit"):
         encode(huge, "t", 1)
+
+
+# --- the compiled codec: wire bytes, big tables, both validation paths -------
+
+BIG = 10_000
+DEEP = 9_876  # an entry far from the start: the fast path has done most of the work
+
+
+def big_table(n: int = BIG) -> BackendsDesired:
+    return BackendsDesired(
+        generation=7, cause="event", event_time=1700000000.125,
+        entries=tuple(Backend(4 if i % 2 else 6, "udp" if i % 3 else "tcp", 10_000 + i,
+                              10_000 + i + i % 3, f"10.{i >> 8 & 255}.{i & 255}.1",
+                              f"proj-svc{i}-1", f"svc{i}") for i in range(n)),
+        rejections=tuple(Rejection(f"c{i}", "bad token", "label") for i in range(n // 100)),
+        transit_network="proj_transit", transit_v4="172.20.0.2", transit_v6="fd00::2")
+
+
+def reference_encode(event: Event, source: str, seq: int, ts: float) -> list[bytes]:
+    """The encoder as it was before compilation: the wire format to keep."""
+    envelope = {"v": 1, "type": type(event).__name__, "schema": type(event).VERSION, "ts": ts,
+                "source": source, "seq": seq, "data": dataclasses.asdict(event)}
+    body = json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode()
+    return [type(event).TOPIC.encode(), body]
+
+
+def sample_value(hint: Any, i: int) -> Any:
+    """A valid value of a schema type (bus.events), different for different ``i``."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item, _ellipsis) = typing.get_args(hint)
+        return tuple(sample_value(item, i + k) for k in range(2))
+    if origin is not None:  # X | None
+        return sample_value(next(a for a in typing.get_args(hint) if a is not type(None)), i)
+    if dataclasses.is_dataclass(hint):
+        return sample_of(typing.cast(type, hint), i)
+    return {bool: i % 2 == 0, int: i, float: i + 0.5, str: f"s\u00e9{i}"}[hint]
+
+
+def sample_of(cls: type, i: int = 1) -> Any:
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: sample_value(hints[f.name], i + k)
+                  for k, f in enumerate(dataclasses.fields(cls))})
+
+
+def body_of(frames: list[bytes]) -> dict[str, Any]:
+    return dict(json.loads(frames[1]))
+
+
+def decode_body(body: dict[str, Any], topic: bytes = b"BackendsDesired/") -> Any:
+    return decode([topic, json.dumps(body).encode()]).event
+
+
+@pytest.mark.parametrize("cls", list(CATALOGUE.values()), ids=lambda c: c.__name__)
+def test_every_catalogue_event_round_trips_with_the_old_wire_bytes(cls: type[Event]) -> None:
+    event = sample_of(cls)
+    frames = encode(event, "tester", 3, ts=5.25)
+    assert frames == reference_encode(event, "tester", 3, 5.25)
+    decoded = decode(frames).event
+    assert decoded == event
+    assert hash(decoded) == hash(event)
+    assert encode(decoded, "tester", 3, ts=5.25) == frames
+
+
+def test_big_table_wire_bytes_and_round_trip() -> None:
+    event = big_table()
+    frames = encode(event, "discovery", 11, ts=1.5)
+    assert frames == reference_encode(event, "discovery", 11, 1.5)
+    decoded = decode(frames).event
+    assert decoded == event
+    assert isinstance(decoded, BackendsDesired)
+    assert len(decoded.entries) == BIG
+    assert all(type(e) is Backend for e in decoded.entries)
+    assert type(decoded.entries) is tuple
+    assert type(decoded.event_time) is float
+
+
+def test_decoded_events_are_real_frozen_dataclasses() -> None:
+    decoded = decode(encode(big_table(3), "t", 1)).event
+    assert isinstance(decoded, BackendsDesired)
+    entry = decoded.entries[1]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entry.first = 1  # type: ignore[misc]
+    assert dataclasses.replace(entry, first=1).first == 1
+    assert dataclasses.asdict(entry)["address"] == entry.address
+
+
+def test_non_ascii_strings_are_escaped_as_before() -> None:
+    event = Hello(worker="d\u00e9couverte \u2603 \"q\" \\ \n", pid=1)
+    frames = encode(event, "s\u00e9", 1, ts=1.0)
+    assert frames == reference_encode(event, "s\u00e9", 1, 1.0)
+    assert frames[1].isascii()
+    assert decode(frames).event == event
+
+
+def test_encode_ignores_extra_instance_attributes_and_rejects_foreign_objects() -> None:
+    entry = Backend(4, "tcp", 1, 1, "10.0.0.1", "c")
+    object.__setattr__(entry, "_cache", {"not": "a field"})
+    event = BackendsDesired(generation=1, cause="poll", event_time=0, entries=(entry,))
+    frames = encode(event, "t", 1, ts=1.0)
+    assert b"_cache" not in frames[1]
+    assert frames == reference_encode(
+        BackendsDesired(generation=1, cause="poll", event_time=0,
+                        entries=(Backend(4, "tcp", 1, 1, "10.0.0.1", "c"),)), "t", 1, 1.0)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode(Hello(worker={1, 2}, pid=1), "t", 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):  # allow_nan=False, as before
+        encode(WorkerStatus(worker="w", pid=1, started=float("nan")), "t", 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "why"),
+    [
+        (lambda e: e.update(first="25"), "first", "expected an integer"),
+        (lambda e: e.update(first=True), "first", "expected an integer"),
+        (lambda e: e.update(family=4.0), "family", "expected an integer"),
+        (lambda e: e.update(proto=None), "proto", "expected a string"),
+        (lambda e: e.update(address=["10.0.0.1"]), "address", "expected a string"),
+        (lambda e: e.pop("last"), "last", "missing"),
+        (lambda e: e.update(extra=1), "", "unknown field(s) ['extra']"),
+    ],
+)
+def test_a_wrong_entry_deep_in_a_big_table_is_rejected_by_path(
+    change: Any, path: str, why: str
+) -> None:
+    body = body_of(encode(big_table(), "t", 1))
+    change(body["data"]["entries"][DEEP])
+    with pytest.raises(DecodeError) as err:
+        decode_body(body)
+    assert err.value.reason == "field"
+    where = f"BackendsDesired.entries[{DEEP}]" + (f".{path}" if path else "")
+    assert str(err.value) == f"{where}: {why}"
+
+
+@pytest.mark.parametrize(
+    ("replacement", "message"),
+    [
+        ("not an object", f"BackendsDesired.entries[{DEEP}]: expected an object"),
+        (None, f"BackendsDesired.entries[{DEEP}]: expected an object"),
+        ([1, 2], f"BackendsDesired.entries[{DEEP}]: expected an object"),
+    ],
+)
+def test_an_entry_that_is_not_an_object_is_rejected(replacement: Any, message: str) -> None:
+    body = body_of(encode(big_table(), "t", 1))
+    body["data"]["entries"][DEEP] = replacement
+    with pytest.raises(DecodeError) as err:
+        decode_body(body)
+    assert (err.value.reason, str(err.value)) == ("field", message)
+
+
+def test_the_first_bad_field_is_the_one_reported() -> None:
+    body = body_of(encode(big_table(), "t", 1))
+    body["data"]["entries"][DEEP]["last"] = "x"
+    body["data"]["entries"][DEEP]["first"] = "y"
+    body["data"]["entries"][DEEP]["zzz"] = 1
+    body["data"]["rejections"][0]["reason"] = 5
+    with pytest.raises(DecodeError) as err:
+        decode_body(body)
+    # Field order, entries before rejections, fields before unknown keys: as before.
+    assert str(err.value) == f"BackendsDesired.entries[{DEEP}].first: expected an integer"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"entries": {"0": {}}}, "BackendsDesired.entries: expected a list"),
+        ({"entries": None}, "BackendsDesired.entries: expected a list"),
+        ({"event_time": "now"}, "BackendsDesired.event_time: expected a number"),
+        ({"event_time": True}, "BackendsDesired.event_time: expected a number"),
+        ({"event_time": 10 ** 400}, "BackendsDesired.event_time: expected a number"),
+        ({"generation": 1.0}, "BackendsDesired.generation: expected an integer"),
+        ({"transit_v4": 4}, "BackendsDesired.transit_v4: expected a string"),
+    ],
+)
+def test_top_level_fields_of_a_big_table(change: dict[str, Any], message: str) -> None:
+    body = body_of(encode(big_table(), "t", 1))
+    body["data"].update(change)
+    with pytest.raises(DecodeError) as err:
+        decode_body(body)
+    assert (err.value.reason, str(err.value)) == ("field", message)
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_non_finite_numbers_are_rejected(literal: bytes) -> None:
+    frames = encode(big_table(10), "t", 1, ts=2.5)
+    bad_field = frames[1].replace(b'"event_time":1700000000.125', b'"event_time":' + literal)
+    with pytest.raises(DecodeError) as err:
+        decode([frames[0], bad_field])
+    assert (err.value.reason, str(err.value)) == (
+        "field", "BackendsDesired.event_time: expected a number")
+    bad_ts = frames[1].replace(b'"ts":2.5', b'"ts":' + literal)
+    with pytest.raises(DecodeError) as err:
+        decode([frames[0], bad_ts])
+    assert err.value.reason == "envelope"
+
+
+def test_integers_too_big_for_a_float_or_for_python_are_decode_errors() -> None:
+    # These used to escape decode() as OverflowError / ValueError and kill the worker.
+    frames = encode(WorkerStatus(worker="w", pid=1, started=1.0), "t", 1, ts=2.5)
+    huge = str(10 ** 400).encode()
+    with pytest.raises(DecodeError) as err:
+        decode([frames[0], frames[1].replace(b'"ts":2.5', b'"ts":' + huge)])
+    assert err.value.reason == "envelope"
+    with pytest.raises(DecodeError) as err:
+        decode([frames[0], frames[1].replace(b'"started":1.0', b'"started":' + huge)])
+    assert (err.value.reason, str(err.value)) == (
+        "field", "WorkerStatus.started: expected a number")
+    with pytest.raises(DecodeError) as err:
+        decode([frames[0], frames[1].replace(b'"pid":1', b'"pid":' + b"9" * 5000)])
+    assert err.value.reason == "json"
+
+
+def test_valid_but_not_canonical_big_table_decodes_exactly() -> None:
+    """Another key order, omitted defaults and ints for floats take the exact path."""
+    event = big_table()
+    body = body_of(encode(event, "t", 1))
+    rng = random.Random(5)
+    entries = body["data"]["entries"]
+    entries[DEEP] = dict(sorted(entries[DEEP].items(), key=lambda _: rng.random()))
+    del entries[DEEP + 1]["service"]
+    del body["data"]["transit_v6"]
+    body["data"]["event_time"] = 1700000000
+    decoded = decode_body(body)
+    moved = dataclasses.replace(event.entries[DEEP + 1], service="")
+    expected = dataclasses.replace(
+        event, event_time=1700000000.0, transit_v6="",
+        entries=(*event.entries[:DEEP + 1], moved, *event.entries[DEEP + 2:]))
+    assert decoded == expected
+    assert type(decoded.event_time) is float
+    # Re-encoding writes field order again, whatever order the sender used.
+    assert encode(decoded, "t", 1, ts=1.0) == reference_encode(expected, "t", 1, 1.0)
+
+
+def test_ints_for_floats_in_a_nested_event() -> None:
+    body = body_of(encode(SAMPLES[3], "t", 1))
+    body["data"]["lease"]["lease_time"] = 600
+    decoded = decode_body(body, LeaseChanged.TOPIC.encode())
+    assert decoded == SAMPLES[3]
+    assert type(decoded.lease.lease_time) is float
+
+
+# Schema shapes the catalogue does not use yet but bus.events allows.
+
+
+@dataclass(frozen=True)
+class _Inner:
+    n: int
+
+
+@dataclass(frozen=True)
+class _Shapes:
+    maybe: str | None
+    numbers: tuple[int, ...]
+    maybe_inner: _Inner | None = None
+    choice: int | str = 0
+
+
+@dataclass(frozen=True)
+class _Checked:
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise ValueError("negative")
+
+
+def convert(cls: type, data: Any) -> Any:
+    """What decode does for ``data``: fast path, else the exact one."""
+    compiled = _compiled(cls)
+    try:
+        return compiled.fast(data)
+    except _Mismatch:
+        return compiled.slow(data, cls.__name__)
+
+
+def test_optional_union_and_tuple_of_ints() -> None:
+    good: dict[str, Any] = {"maybe": None, "numbers": [1, 2], "maybe_inner": {"n": 3},
+                            "choice": "x"}
+    assert convert(_Shapes, good) == _Shapes(None, (1, 2), _Inner(3), "x")
+    assert convert(_Shapes, good | {"maybe": "y", "maybe_inner": None, "choice": 4}) \
+        == _Shapes("y", (1, 2), None, 4)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"maybe": 1}, "_Shapes.maybe: int matches none of str | None"),
+        ({"numbers": [1, True]}, "_Shapes.numbers[1]: expected an integer"),
+        ({"numbers": [1, "2"]}, "_Shapes.numbers[1]: expected an integer"),
+        ({"maybe_inner": {"n": "3"}}, "_Shapes.maybe_inner: dict matches none of "
+                                      f"{__name__}._Inner | None"),
+        ({"choice": 1.5}, "_Shapes.choice: float matches none of int | str"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError) as err:
+            convert(_Shapes, good | bad)
+        assert str(err.value) == message
+
+
+def test_a_dataclass_with_post_init_still_runs_it() -> None:
+    assert convert(_Checked, {"n": 1}) == _Checked(1)
+    with pytest.raises(ValueError) as err:
+        convert(_Checked, {"n": -1})
+    assert type(err.value).__name__ == "_FieldError"  # becomes DecodeError("field")
+    assert str(err.value) == "_Checked: negative"
