@@ -3,8 +3,8 @@
 
   serve --tcp 8080 --udp 8080 [--name web]
       Answer every TCP connection and every UDP datagram with one JSON line saying which
-      address the peer came from: {"service", "proto", "port", "peer"}. Listens on IPv6 and
-      IPv4 (one dual-stack socket when the container has IPv6).
+      address the peer came from: {"service", "host", "proto", "port", "peer"}. Listens on
+      IPv6 and IPv4 (one dual-stack socket when the container has IPv6).
   query tcp|udp HOST PORT [--timeout S] [--send TEXT]
       Connect (or send one datagram), print one JSON line: {"reply": <the server's JSON or
       text>, "local": <our source address>}. Exit 1 on no answer.
@@ -56,8 +56,8 @@ def _bound(kind: int, port: int) -> socket.socket:
 
 
 def answer(name: str, proto: str, port: int, peer: str) -> bytes:
-    return (json.dumps({"service": name, "proto": proto, "port": port,
-                        "peer": plain(peer)}) + "\n").encode()
+    return (json.dumps({"service": name, "host": socket.gethostname(), "proto": proto,
+                        "port": port, "peer": plain(peer)}) + "\n").encode()
 
 
 def serve_tcp(name: str, port: int) -> None:
@@ -141,7 +141,7 @@ def resolve(name: str, server: str, qtype: str = "A", timeout: float = 1.0) -> l
             data = s.recv(4096)
             if len(data) >= 12 and struct.unpack("!H", data[:2])[0] == tid:
                 break
-    _, flags, qd, an, _, _ = struct.unpack("!HHHHHH", data[:12])
+    _, _, qd, an, _, _ = struct.unpack("!HHHHHH", data[:12])
     i = 12
     for _ in range(qd):
         i = _skip_name(data, i) + 4
