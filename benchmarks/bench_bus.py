@@ -45,10 +45,11 @@ HOP_MESSAGES = 5_000
 HOP_INTERVAL = 0.001  # 1 kHz: a few percent of what the bus carries, so no queue builds
 FLOOD_MESSAGES = 100_000
 TABLE_SIZES = (10, 1_000, 10_000)
-# Table messages over the bus, and the gap after each: several times the cost of
-# one, so that each is measured alone.
-TABLE_ROUNDS = {10: 200, 1_000: 50, 10_000: 20}
-TABLE_GAP = {10: 0.005, 1_000: 0.05, 10_000: 0.4}
+# Table messages over the bus, and the gap after each: longer than the slowest
+# codec ever took for one on a loaded machine (the old one: ~0.6 s at 10 000),
+# so that each is measured alone and no queue inflates the figure.
+TABLE_ROUNDS = {10: 200, 1_000: 40, 10_000: 15}
+TABLE_GAP = {10: 0.01, 1_000: 0.2, 10_000: 1.5}
 HEARTBEAT = 3600.0  # no heartbeat traffic in the middle of a measurement
 
 
