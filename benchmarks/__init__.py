@@ -1,0 +1,1 @@
+"""Benchmarks: each prints figures; run as `python3 -m benchmarks.bench_<name>` as root."""
