@@ -29,6 +29,8 @@ CLIENT_V4 = "10.77.0.10"
 CLIENT_V6 = "fd77:0:0:1::10"
 DNS_SERVER = "10.77.0.1"
 LANTOOL = ("python3", "/demo/lantool.py")
+# How long the LAN client keeps trying at a cold start before it gives up.
+REACH_TIMEOUT = 60.0
 
 
 def build_lan_image(timeout: float = 600.0) -> str:
@@ -137,7 +139,7 @@ class Stack:
         return self.exec("anchord", "anchord", "status", check=False)
 
 
-def start_stack(image: str, hint: str = "stack", reach_timeout: float = 60.0) -> Stack:
+def start_stack(image: str, hint: str = "stack", reach_timeout: float = REACH_TIMEOUT) -> Stack:
     """Start the stack and time its cold start: from ``compose up`` returning to the LAN
     client's first answer from the app (the client asks dnsmasq for the project's name, then
     connects to tcp/8080, polling every 0.2 s inside its own container: no exec per try)."""
