@@ -96,6 +96,8 @@ if [[ $verdict != "the app saw you as"* ]]; then
 fi
 
 lease=$(dc exec -T dhcp cat /var/lib/misc/dnsmasq.leases 2>/dev/null || true)
+address=${verdict##* got }
+address=${address%% *}
 cat <<EOF
 
   $verdict
@@ -110,7 +112,7 @@ The stack is running. Look around:
   docker compose -p $project exec anchord supervisorctl status    # the workers
   docker compose -p $project exec anchord nft list ruleset        # DNAT maps, masquerade
   docker compose -p $project logs -f anchord                      # JSON lines of every worker
-  docker compose -p $project exec client python3 /demo/lantool.py query tcp <project address> 8080
+  docker compose -p $project exec client python3 /demo/lantool.py query tcp $address 8080
 Take it down:
   bash e2e/demo.sh --down -p $project    (or: docker compose -p $project down -v)
 EOF
