@@ -1,0 +1,162 @@
+"""The real-host topology end to end (F-6d): anchord's VLAN parent is a host interface.
+
+Owns SPEC F-6d as a LAN host sees it. The host side is made by e2e/realhost_support.py: a LAN
+network namespace joined to the host (root) namespace by a veth pair whose host end plays a
+real server's ``eth0.42``, with dnsmasq (DHCPv4) and a TCP/UDP listener in the LAN namespace,
+and a handle of the host's namespace (``ip netns attach``; ``/proc/1/ns/net`` on a real host).
+The project (e2e/compose/realhost/compose.yaml) is anchord with only NET_ADMIN and
+``ANCHORD_VLAN_PARENT=/run/host-netns/net:<host veth>``, one service-anchor labelled
+``anchord.expose: tcp/8080`` and an app in its namespace that answers with the peer address.
+
+Checked: the project's lease comes from the LAN namespace's dnsmasq (its hostname in the lease
+file); the macvlan child lives in the container's namespace with its lower device the host's
+veth; a LAN host reaches the app on the project address and the app sees that host's own
+address; a port the app serves but no label exposes is refused; egress from the app reaches the
+LAN with the project address (TCP and UDP); ``docker compose stop`` sends DHCPRELEASE (dnsmasq
+logs it and drops the lease) and the child goes (logged, and the host veth has no macvlan port
+left). One project for the module; the stop test runs last. All traffic stays on the veth, the
+LAN namespace and the project's ``internal: true`` transit network.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from e2e import harness, stack_support
+from e2e.realhost_support import (
+    LAN_ADDRESS,
+    LAN_PREFIX,
+    LISTEN_PORT,
+    RealHostLan,
+    RealHostProject,
+    remove_stale,
+    start_project,
+)
+
+APP_PORT = 8080
+
+
+@pytest.fixture(scope="module")
+def realhost(anchord_image: str, request: pytest.FixtureRequest) -> Iterator[RealHostProject]:
+    lan_image = stack_support.build_lan_image()
+    remove_stale()
+    lan = RealHostLan()
+    try:
+        lan.start()
+        started = start_project(lan, anchord_image, lan_image)
+        print(f"real host: reachable {started.cold_start_seconds:.2f}s after compose up returned")
+        failed_before = request.session.testsfailed
+        try:
+            yield started
+        finally:
+            if request.session.testsfailed != failed_before:
+                print(started.project.dump())  # shown under "Captured stdout teardown"
+                print(lan.dnsmasq_log())
+            started.project.down()
+    finally:
+        lan.close()
+
+
+def reply(result: dict[str, Any]) -> dict[str, Any]:
+    assert "reply" in result, result
+    answer = result["reply"]
+    assert isinstance(answer, dict), result
+    return answer
+
+
+def test_lease_comes_from_the_host_lans_dhcp_server(realhost: RealHostProject) -> None:
+    mine = realhost.my_leases()
+    assert len(mine) == 1, realhost.lan.leases()
+    lease = mine[0]
+    assert lease.address == realhost.address and lease.address.startswith(f"{LAN_PREFIX}."), mine
+    assert lease.identifier.startswith("02:42:"), mine  # the project's MAC (SPEC F-2)
+    log = realhost.lan.dnsmasq_log()
+    assert f"DHCPACK({realhost.lan.lan_iface}) {lease.address} {lease.identifier} " \
+        f"{realhost.hostname}" in log, log
+
+    def status_lease() -> str:
+        status = json.loads(realhost.exec("anchord", "anchord", "status", "--json"))
+        return str(status["leases"]["ipv4"]["address"]).split("/")[0]
+
+    # anchord's own view agrees (its status follows the bus: allow it a heartbeat).
+    harness.wait_until(lambda: status_lease() == lease.address, 10,
+                       message=f"anchord status --json showing {lease.address}")
+
+
+def test_child_is_in_the_container_with_the_host_veth_below(realhost: RealHostProject) -> None:
+    anchord = realhost.project.inspect("anchord")
+    host_config = anchord["HostConfig"]
+    assert host_config["NetworkMode"] != "host" and not host_config["Privileged"], host_config
+    caps = [cap.removeprefix("CAP_") for cap in host_config["CapAdd"]]
+    assert caps == ["NET_ADMIN"], host_config["CapAdd"]
+    child = realhost.child_link()
+    parent = realhost.lan.parent_link()
+    lease = realhost.my_leases()[0]
+    assert child["linkinfo"]["info_kind"] == "macvlan", child
+    assert child["linkinfo"]["info_data"]["mode"] == "bridge", child
+    assert child["address"] == lease.identifier, (child, lease)
+    # Its lower device is the host veth: an index in another namespace (the host's).
+    assert "link_netnsid" in child, child
+    assert child["link_index"] == parent["ifindex"], (child, parent)
+    # The host veth carries the child's MAC as a macvlan port (hence promiscuous).
+    assert parent["promiscuity"] >= 1, parent
+
+
+def test_lan_host_reaches_the_app_and_the_app_sees_its_address(
+    realhost: RealHostProject,
+) -> None:
+    result = realhost.lan.query("tcp", realhost.address, APP_PORT)
+    answer = reply(result)
+    assert (answer["service"], answer["port"]) == ("web", APP_PORT), result
+    assert answer["peer"] == LAN_ADDRESS == result["local"], result
+
+
+def test_port_the_app_serves_but_no_label_exposes_is_refused(realhost: RealHostProject) -> None:
+    # The app answers udp/8080 too, inside its namespace; only tcp/8080 is labelled.
+    result = realhost.lan.query("udp", realhost.address, APP_PORT)
+    assert "ConnectionRefused" in result.get("error", ""), result
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_egress_reaches_the_lan_with_the_project_address(
+    realhost: RealHostProject, proto: str
+) -> None:
+    result = realhost.app_query(proto, LAN_ADDRESS, LISTEN_PORT)
+    answer = reply(result)
+    assert answer["service"] == "lan", result
+    assert answer["peer"] == realhost.address, result
+    assert result["local"] != realhost.address, result  # the app's own transit address
+
+
+def test_compose_stop_releases_the_lease_and_removes_the_child(
+    realhost: RealHostProject,
+) -> None:
+    lan = realhost.lan
+    lease = realhost.my_leases()[0]
+    assert lan.parent_link()["promiscuity"] >= 1  # the child is still there
+    assert "DHCPRELEASE" not in lan.dnsmasq_log()
+    seconds = realhost.project.stop()
+    print(f"real host: compose stop took {seconds:.2f}s")
+    # anchord sent the release before it exited; dnsmasq, another process, may log it a
+    # moment after `stop` returned.
+    release = f"DHCPRELEASE({lan.lan_iface}) {lease.address} {lease.identifier}"
+    harness.wait_until(lambda: release in lan.dnsmasq_log(), 10,
+                       message=f"{release!r} in dnsmasq's log")
+    harness.wait_until(lambda: realhost.my_leases() == [], 10,
+                       message="dnsmasq dropping the released lease from its lease file")
+    state = realhost.project.state("anchord")
+    assert (state["Status"], state["ExitCode"]) == ("exited", 0), state
+    lines = harness.json_log_lines(realhost.project.logs("anchord"))
+    stopped = [line for line in lines if line["message"] == "anchord stopped"]
+    assert len(stopped) == 1, stopped
+    print(f"real host: anchord's own shutdown took {stopped[0]['fields']['seconds']}s")
+    removed = [line for line in lines if line["message"] == "macvlan child removed"]
+    assert [line["worker"] for line in removed] == ["dhcp"], removed
+    # And the kernel agrees: no macvlan port left on the host veth. (The container's
+    # namespace is gone by now, which would take a forgotten child with it: the log line
+    # above is what shows that anchord removed it itself.)
+    assert lan.parent_link()["promiscuity"] == 0, lan.parent_link()
