@@ -16,9 +16,11 @@ import signal
 import subprocess
 import sys
 import time
+import xmlrpc.client
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any, cast
 
 from anchord.config import NetworkAnchorConfig
 from anchord.lifecycle import clear_shutdown, mark_shutdown
@@ -67,11 +69,14 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    fanned_out = False
     while True:
         try:
-            code = proc.wait(timeout=0.5)
+            code = proc.wait(timeout=0.2 if stopping else 0.5)
             break
         except subprocess.TimeoutExpired:
+            if stopping and not fanned_out:
+                fanned_out = _stop_workers_together(config.run_dir, proc.pid)
             if stopping and time.monotonic() - stopping[0] > STOP_DEADLINE:
                 log.error("supervisord did not stop in time; killing it")
                 proc.kill()
@@ -81,3 +86,34 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
         return 0 if code == 0 else 1
     log.error("supervisord exited unexpectedly", extra={"fields": {"code": code}})
     return code or 1
+
+
+def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> bool:
+    """Send SIGTERM to every worker at once, once supervisord is shutting down.
+
+    supervisord stops programs one after another, each waiting for the last: teardown
+    (release the lease, delete the tables) would take the sum of every worker's exit time.
+    The workers' teardowns are independent, so they run in parallel; the bus is left to
+    supervisord, which stops it last. Only once supervisord reports SHUTDOWN, or it would
+    restart a worker that exits. Returns True when done (or nothing is left to do).
+    """
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, f"unix://{run_dir / 'supervisor.sock'}")
+    rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+    try:
+        state = cast(dict[str, Any], rpc.supervisor.getState())
+        if state["statename"] != "SHUTDOWN":
+            return False
+        infos = cast(list[dict[str, Any]], rpc.supervisor.getAllProcessInfo())
+    except (OSError, xmlrpc.client.Error):
+        # supervisord is gone or not answering: its own sequential stop is all there is.
+        return True
+    for info in infos:
+        if info["name"] != "bus" and info["pid"] and info["statename"] in ("RUNNING", "STOPPING"):
+            try:
+                os.kill(int(info["pid"]), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    log.info("stopping workers together", extra={"fields": {"supervisord": supervisord_pid}})
+    return True

@@ -25,6 +25,14 @@ from tests.integration.discovery_support import (
 )
 from tests.netns import wait_until
 
+# docker-py's connection pool sometimes drops a finished event-stream socket to the garbage
+# collector instead of closing it; under load that ResourceWarning lands in a random test.
+# It is a test-client artefact (the worker runs in its own process and is checked there).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[docker.APIClient]:
