@@ -165,9 +165,20 @@ class ChildLink:
                 if path.read_text().strip() != value:
                     path.write_text(value)
             except OSError as exc:
-                # No IPv6 in this namespace: v4 still works (F-1).
-                log.debug("ipv6 sysctl not set", extra={"fields": {"key": key,
-                                                                   "error": str(exc)}})
+                # /proc/sys is read-only in a container: the child then keeps the defaults it
+                # inherited, which the Compose file must set (README, "sysctls"). v4 still
+                # works (F-1), but say so loudly once: without them there is no IPv6 at all.
+                if not path.exists():
+                    log.debug("no ipv6 in this namespace", extra={"fields": {"key": key}})
+                    return
+                if getattr(self, "_sysctl_warned", False):
+                    return
+                self._sysctl_warned = True
+                log.warning("cannot set an IPv6 sysctl on the external interface; set "
+                            "net.ipv6.conf.default.* in the Compose file (see README)",
+                            extra={"fields": {"key": key, "wanted": value,
+                                              "error": str(exc)}})
+                return
 
     def remove(self) -> None:
         index = self._lookup(self.name)
