@@ -50,6 +50,10 @@ NETWORK_LABEL = "com.docker.compose.network"
 API_TIMEOUT = 10.0
 API_MIN = "1.24"  # docker-py's floor, only used to ask the daemon which version it speaks
 API_MAX = "1.44"  # the newest version this docker-py knows
+# A tcp:// DOCKER_HOST (a socket proxy) is checked before each call within this many seconds:
+# name resolution is not bounded by API_TIMEOUT, and Docker's DNS takes 10 s to give up on the
+# name of a stopped proxy on an internal network; discovery's loop must not block that long.
+PROBE_TIMEOUT = 1.0
 
 # Container actions that can change what a container contributes to the table.
 CONTAINER_ACTIONS = frozenset(
@@ -91,12 +95,17 @@ def connect(docker_host: str, timeout: float = API_TIMEOUT) -> docker.APIClient:
     return docker.APIClient(base_url=docker_host, version=version, timeout=timeout)
 
 
-def _reachable(docker_host: str, timeout: float) -> None:
-    """Fail fast, and without leaking a socket, when a unix socket refuses connections.
+def _reachable(docker_host: str, timeout: float, connect: bool = True) -> None:
+    """Fail fast, and without leaking a socket, when the API's endpoint is not there.
 
     docker-py's unix transport does not close its socket when ``connect`` fails; while the
-    API is down we retry often, so check the socket ourselves first.
+    API is down we retry often, so check the socket ourselves first. For ``tcp://`` the
+    host name must resolve within PROBE_TIMEOUT and, with ``connect``, accept a TCP
+    connection within it: docker-py would block up to 10 s on either.
     """
+    if docker_host.startswith(("tcp://", "http://")):
+        _tcp_reachable(docker_host, min(timeout, PROBE_TIMEOUT), connect)
+        return
     if not docker_host.startswith("unix://"):
         return
     path = docker_host[len("unix://"):]
@@ -106,6 +115,56 @@ def _reachable(docker_host: str, timeout: float) -> None:
             s.connect(path)
         except OSError as exc:
             raise DockerUnavailable(f"{docker_host}: {exc}") from exc
+
+
+_resolving: dict[tuple[str, int], tuple[threading.Thread, list[Any]]] = {}
+_resolving_lock = threading.Lock()
+
+
+def _tcp_reachable(docker_host: str, timeout: float, connect: bool) -> None:
+    rest = docker_host.split("://", 1)[1].split("/", 1)[0]
+    host, _, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "2375")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        return  # let docker-py report a malformed DOCKER_HOST
+    key = (host, port)
+    with _resolving_lock:
+        pending = _resolving.get(key)
+        if pending is None:
+            # getaddrinfo has no timeout: resolve in a thread and stop waiting after
+            # ``timeout``. One lookup per name at a time; concurrent callers share it.
+            result: list[Any] = []
+
+            def lookup() -> None:
+                try:
+                    result.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+                except OSError as exc:
+                    result.append(exc)
+                finally:
+                    with _resolving_lock:
+                        _resolving.pop(key, None)
+
+            pending = (threading.Thread(target=lookup, name=f"resolve-{host}", daemon=True),
+                       result)
+            _resolving[key] = pending
+            pending[0].start()
+    thread, result = pending
+    thread.join(timeout)
+    if not result:
+        raise DockerUnavailable(f"{docker_host}: {host} does not resolve within {timeout:g}s")
+    if isinstance(result[0], OSError):
+        raise DockerUnavailable(f"{docker_host}: cannot resolve {host}: {result[0]}")
+    if not connect:
+        return
+    family, kind, proto, _, address = result[0][0]
+    with socket.socket(family, kind, proto) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(address)
+        except OSError as exc:
+            raise DockerUnavailable(f"{docker_host}: {host}:{port}: {exc}") from exc
 
 
 class DockerApi:
@@ -120,8 +179,9 @@ class DockerApi:
         if self._client is None:
             self._client = connect(self.docker_host)
         else:
-            # A unix socket gone away: fail here instead of in docker-py (which leaks then).
-            _reachable(self.docker_host, API_TIMEOUT)
+            # A unix socket gone away: fail here instead of in docker-py (which leaks then);
+            # a proxy's name gone: fail within PROBE_TIMEOUT, not docker-py's 10 s.
+            _reachable(self.docker_host, API_TIMEOUT, connect=False)
         return self._client
 
     def _fail(self, exc: BaseException) -> DockerUnavailable:

@@ -1,0 +1,56 @@
+"""The reachability probe of a tcp:// DOCKER_HOST (``anchord.docker_state._reachable``).
+
+Owns: a proxy whose name does not resolve, or resolves slowly, fails within PROBE_TIMEOUT
+(getaddrinfo itself has no timeout, and Docker's DNS takes 10 s for a stopped container's
+name), concurrent callers share one lookup, and a refused port fails at once.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from anchord.docker_state import PROBE_TIMEOUT, DockerUnavailable, _reachable
+
+
+def test_slow_resolution_fails_within_the_probe_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    calls: list[str] = []
+
+    def slow(host: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(host)
+        release.wait(10)
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    try:
+        for _ in range(2):
+            start = time.monotonic()
+            with pytest.raises(DockerUnavailable, match="does not resolve"):
+                _reachable("tcp://docker-proxy:2375", 10.0)
+            assert time.monotonic() - start < PROBE_TIMEOUT + 0.5
+        assert calls == ["docker-proxy"]  # the second caller waited on the same lookup
+    finally:
+        release.set()
+
+
+def test_unknown_name_and_refused_port() -> None:
+    with pytest.raises(DockerUnavailable, match="cannot resolve"):
+        _reachable("tcp://name.invalid:2375", 10.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        with pytest.raises(DockerUnavailable, match="refused"):
+            _reachable(f"tcp://127.0.0.1:{port}", 10.0)
+
+
+def test_listening_port_passes() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        _reachable(f"tcp://127.0.0.1:{s.getsockname()[1]}", 10.0)
+        _reachable(f"tcp://localhost:{s.getsockname()[1]}", 10.0, connect=False)
