@@ -25,6 +25,14 @@ from bus.events import BackendsDesired, DockerEventsSeen, Event, NetworkMap, Wor
 from tests.integration.discovery_support import Project, ensure_dockerd, project
 from tests.netns import wait_until
 
+# docker-py's connection pool sometimes drops a finished event-stream socket to the garbage
+# collector instead of closing it; under load that ResourceWarning lands in a random test.
+# It is a test-client artefact (the worker runs in its own process and is checked there).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Runs the worker through the real runner (config from the environment, logging, signals,
@@ -33,13 +41,6 @@ _LAUNCH = """
 import os, sys
 from anchord import runner
 
-# docker-py's connection pool sometimes drops a finished event-stream socket to the garbage
-# collector instead of closing it; under load that ResourceWarning lands in a random test.
-# It is a test-client artefact (the worker runs in its own process and is checked there).
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
 runner.WORKERS.setdefault("discovery", "workers.discovery")
 runner.PROGRAMS = ("bus", *runner.WORKERS)
 sys.exit(runner.run_worker(sys.argv[1], os.environ))
