@@ -36,7 +36,7 @@ def check(run_dir: Path, now: float | None = None) -> tuple[bool, str]:
         ready, unmet, pid, written = body["ready"], body["unmet"], body["pid"], body["time"]
     except (OSError, ValueError, KeyError, TypeError):
         return False, f"not ready: no readable {path} yet"
-    if not _alive(int(pid)):
+    if not pid_alive(int(pid)):
         return False, f"not ready: the process that wrote {path} (pid {pid}) is gone"
     age = (time.time() if now is None else now) - float(written)
     if age > STALE_AFTER:
@@ -46,7 +46,8 @@ def check(run_dir: Path, now: float | None = None) -> tuple[bool, str]:
     return True, "ready"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists (ours or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

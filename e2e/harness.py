@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from anchord.health import pid_alive
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 E2E_DIR = REPO_ROOT / "e2e"
 COMPOSE_DIR = E2E_DIR / "compose"
@@ -138,19 +140,9 @@ def stale_projects(prefix: str = PROJECT_PREFIX) -> set[str]:
         if not name.startswith(prefix):
             continue
         owner = name[len(prefix) :].split("-", 1)[0]
-        if not owner.isdigit() or not _alive(int(owner)):
+        if not owner.isdigit() or not pid_alive(int(owner)):
             stale.add(name)
     return stale
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_project(name: str) -> None:

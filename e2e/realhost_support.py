@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anchord.health import pid_alive
 from e2e import harness
 from e2e.harness import ComposeProject
 from e2e.stack_support import Lease, parse_leases
@@ -61,20 +62,10 @@ def remove_stale() -> None:
     a LAN namespace destroys its veth end and with it the host end."""
     for name in ip("netns", "list").split():
         m = _NS_NAME.match(name)
-        if not m or _alive(int(m[1])):
+        if not m or pid_alive(int(m[1])):
             continue
         _kill_ns_processes(name)
         ip("netns", "del", name, check=False)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _kill_ns_processes(ns: str) -> None:
