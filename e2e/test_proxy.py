@@ -30,6 +30,8 @@ OUTAGE_WATCH = 12.0
 
 # Requests made from inside the anchord container (its python3): one line per request,
 # "METHOD PATH STATUS".
+SCENARIO = "F-15 proxy"  # for the scenario report (e2e/conftest.py)
+
 PROBE = r"""
 import sys, urllib.error, urllib.request
 for line in sys.argv[1:]:

@@ -37,6 +37,8 @@ from e2e.realhost_support import (
     start_project,
 )
 
+SCENARIO = "F-6d"  # for the scenario report (e2e/conftest.py)
+
 APP_PORT = 8080
 
 

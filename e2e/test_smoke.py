@@ -21,6 +21,8 @@ from e2e.harness import (
     wait_until,
 )
 
+SCENARIO = "F-16..18"  # for the scenario report (e2e/conftest.py)
+
 SERVICE = "anchord"
 WORKERS = ("bus", "discovery", "dhcp", "nat-writer", "conntrack-flusher", "metrics")
 START_TIMEOUT = 30.0
