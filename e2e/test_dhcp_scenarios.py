@@ -15,6 +15,7 @@ bridges the test made.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from e2e import dhcp_support
-from e2e.dhcp_support import APP_PORT, ECHO_PORT, LAN_V6, DhcpBed, Project, eui64
+from e2e.dhcp_support import APP_PORT, ECHO_PORT, LAN_V4, LAN_V6, DhcpBed, Project, eui64
 from e2e.harness import wait_until
 from e2e.stack_support import CLIENT_V4, CLIENT_V6
 
@@ -183,3 +184,118 @@ def test_s11_dhcp_scenario(testbed: Callable[[], DhcpBed], server: str, mode: st
         assert lan.leases_of(hostname, 4) == []
     if not has_v6:
         assert project.addresses(6) == []
+
+
+# --- S-4 -------------------------------------------------------------------------------------
+# T1 of the rotation test: short, so that "within one renewal" is seconds (dnsmasq's shortest
+# lease is 120 s; T1 brings the renewal forward, as on any real server).
+ROTATION_T1 = 8
+# The reserved address: outside both servers' pools (.100-.199), so never the one held.
+NEW_V4 = f"{LAN_V4}.250"
+
+
+def conntrack_mentions(text: str, address: str) -> list[str]:
+    """The conntrack lines with ``address`` as a source or destination."""
+    wanted = {f"src={address}", f"dst={address}"}
+    return [line for line in text.splitlines() if wanted & set(line.split())]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_s4_lease_rotation_moves_inbound_and_egress_within_one_renewal(
+    testbed: Callable[[], DhcpBed], server: str
+) -> None:
+    bed = testbed()
+    lan = bed.start_lan(server, "v4", LEASE_TIME="120", T1=str(ROTATION_T1), T2="100")
+    project = bed.start_project("web")
+    old = project.wait_address(4, LEASE_TIMEOUT)
+    assert old != NEW_V4
+    # Flows on the old address, inbound (DNAT) and egress (masquerade), TCP and UDP: what the
+    # conntrack-flusher must forget once the address is gone.
+    assert_reachable(bed, project, old)
+    assert conntrack_mentions(project.conntrack(), old), project.conntrack()
+    started_at = project.project.state("anchord")["StartedAt"]
+    pids = project.worker_pids()
+
+    # The administrator moves the reservation of the project's MAC and reloads the server:
+    # the next renewal of the old address is refused (DHCPNAK), the client starts over
+    # (DISCOVER) and gets the reserved one. This is what a real server does; a lease that is
+    # simply not renewed would take until its expiry (minutes) instead of one renewal.
+    reloaded = time.monotonic()
+    lan.reserve(project.mac, NEW_V4)
+    wait_until(
+        lambda: project.addresses(4) == [NEW_V4],
+        ROTATION_T1 + 30,
+        interval=0.2,
+        message=f"anchord-ext moved from {old} to {NEW_V4}",
+    )
+    moved = time.monotonic() - reloaded
+    print(f"S-4 {server}: {old} -> {NEW_V4} {moved:.1f}s after the reload (T1 {ROTATION_T1}s)")
+
+    # No flow of the old address left (inbound TIME_WAIT and egress UDP entries would
+    # otherwise stay for minutes).
+    wait_until(
+        lambda: not conntrack_mentions(project.conntrack(), old),
+        10,
+        interval=0.3,
+        message=f"no conntrack entry of the old address {old}",
+    )
+    # Inbound on the new address with the client's real source, egress leaving with it.
+    assert_reachable(bed, project, NEW_V4)
+    assert [lease.address for lease in lan.leases_of(project.hostname, 4)] == [NEW_V4]
+    assert project.addresses(4) == [NEW_V4]
+    # Nothing was restarted: the same container, every worker with its pid.
+    assert project.project.state("anchord")["StartedAt"] == started_at
+    assert project.worker_pids() == pids
+
+
+# --- S-5 -------------------------------------------------------------------------------------
+def test_s5_two_projects_on_one_lan_are_independent(testbed: Callable[[], DhcpBed]) -> None:
+    bed = testbed()
+    lan = bed.start_lan("dnsmasq", "both")
+    alpha = bed.start_project("alpha")
+    beta = bed.start_project("beta")
+
+    # Distinct MACs (derived from the project names) and distinct leases.
+    assert alpha.mac != beta.mac
+    a4, b4 = alpha.wait_address(4, LEASE_TIMEOUT), beta.wait_address(4, LEASE_TIMEOUT)
+    assert a4 != b4
+    for project, address in ((alpha, a4), (beta, b4)):
+        assert project.child_mac() == project.mac
+        leases = wait_until(
+            lambda project=project: lan.leases_of(project.hostname, 4),  # type: ignore[misc]
+            10,
+            message=f"{project.hostname} in the lease table",
+        )
+        assert [(lease.address, lease.identifier) for lease in leases] == [(address, project.mac)]
+    a6, b6 = str(eui64(alpha.mac)), str(eui64(beta.mac))
+
+    # The same port in both projects: each address reaches its own project's app (by name),
+    # with the client's real source; each project's egress leaves with its own address.
+    for project, v4, v6 in ((alpha, a4, a6), (beta, b4, b6)):
+        wait_until(
+            lambda project=project, v6=v6: [  # type: ignore[misc]
+                a for a in project.addresses(6) if same_ip(a, v6)
+            ],
+            LEASE_TIMEOUT,
+            interval=0.3,
+            message=f"{v6} on {project.hostname}",
+        )
+        assert_reachable(bed, project, v4)
+        assert_reachable(bed, project, v6)
+        # Independent NAT state: each anchord maps the port to its own backend.
+        assert project.dnat_map(4) == {8080: project.backend(4)}
+        assert project.dnat_map(6) == {8080: project.backend(6)}
+    assert alpha.backend(4) != beta.backend(4)
+
+    # Stopping one project leaves the other serving, with its lease intact.
+    alpha.project.stop()
+    wait_until(
+        lambda: not lan.leases_of(alpha.hostname, 4),
+        10,
+        message=f"{alpha.hostname}'s lease released",
+    )
+    assert "error" in bed.query("tcp", a4), "the stopped project's address still answers"
+    assert_reachable(bed, beta, b4)
+    assert_reachable(bed, beta, b6)
+    assert beta.addresses(4) == [b4]
+    assert [lease.address for lease in lan.leases_of(beta.hostname, 4)] == [b4]
