@@ -154,6 +154,14 @@ def remove_project(name: str) -> None:
     )
 
 
+def node_failed(node: Any) -> bool:
+    """Whether a test's setup or call failed (e2e/conftest.py keeps each phase's report on
+    the item as ``rep_<phase>``): fixtures dump their projects' logs then."""
+    return any(
+        getattr(getattr(node, f"rep_{when}", None), "failed", False) for when in ("setup", "call")
+    )
+
+
 # --- parsing what anchord prints ---------------------------------------------------------------
 def json_log_lines(text: str) -> list[dict[str, Any]]:
     """Every line of ``text`` that is a JSON object with time, level, worker and message."""

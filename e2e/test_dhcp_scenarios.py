@@ -24,7 +24,7 @@ import pytest
 
 from e2e import dhcp_support
 from e2e.dhcp_support import APP_PORT, ECHO_PORT, LAN_V4, LAN_V6, DhcpBed, Project, eui64
-from e2e.harness import wait_until
+from e2e.harness import node_failed, wait_until
 from e2e.stack_support import CLIENT_V4, CLIENT_V6
 
 SERVERS = ("dnsmasq", "kea")
@@ -51,10 +51,7 @@ def testbed(
         return bed
 
     yield make
-    failed = any(
-        getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
-        for when in ("setup", "call")
-    )
+    failed = node_failed(request.node)
     for bed in beds:
         bed.close(failed)
 
