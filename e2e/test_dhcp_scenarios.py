@@ -104,6 +104,18 @@ def assert_reachable(bed: DhcpBed, project: Project, address: str) -> None:
         assert same_ip(egress["peer"], address), (egress, address)
 
 
+def assert_dnat_installed(project: Project) -> None:
+    """tcp/8080 maps to web-anchor's transit addresses in both of anchord's tables. Readiness
+    may come first: a service-anchor is exposed once Docker calls it healthy."""
+    expected = {4: {APP_PORT: project.backend(4)}, 6: {APP_PORT: project.backend(6)}}
+    wait_until(
+        lambda: {family: project.dnat_map(family) for family in (4, 6)} == expected,
+        30,
+        interval=0.3,
+        message=f"the DNAT maps {expected}",
+    )
+
+
 # --- S-11 ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("server", SERVERS)
@@ -121,8 +133,7 @@ def test_s11_dhcp_scenario(testbed: Callable[[], DhcpBed], server: str, mode: st
     wait_until(project.healthcheck, LEASE_TIMEOUT, interval=0.5, message="anchord healthcheck")
     code, body = project.readyz()
     assert code == 200, body
-    assert project.dnat_map(4) == {8080: project.backend(4)}
-    assert project.dnat_map(6) == {8080: project.backend(6)}
+    assert_dnat_installed(project)
     assert project.child_mac() == project.mac
 
     if has_v4:
@@ -280,8 +291,7 @@ def test_s5_two_projects_on_one_lan_are_independent(testbed: Callable[[], DhcpBe
         assert_reachable(bed, project, v4)
         assert_reachable(bed, project, v6)
         # Independent NAT state: each anchord maps the port to its own backend.
-        assert project.dnat_map(4) == {8080: project.backend(4)}
-        assert project.dnat_map(6) == {8080: project.backend(6)}
+        assert_dnat_installed(project)
     assert alpha.backend(4) != beta.backend(4)
 
     # Stopping one project leaves the other serving, with its lease intact.
