@@ -120,6 +120,11 @@ def assert_dnat_installed(project: Project) -> None:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("server", SERVERS)
 def test_s11_dhcp_scenario(testbed: Callable[[], DhcpBed], server: str, mode: str) -> None:
+    """Offered families leased and reachable with real sources, the others absent, ready.
+
+    Ready and DNAT installed whatever the LAN offers; each offered family leased (hostname in
+    the server's table), reachable with the client's source, egress leaving with it; with no
+    server, the worker keeps asking."""
     bed = testbed()
     lan = bed.start_lan(server, mode)
     # none: a short backoff cap, so that the retries are seen within seconds.
@@ -212,6 +217,9 @@ def conntrack_mentions(text: str, address: str) -> list[str]:
 def test_s4_lease_rotation_moves_inbound_and_egress_within_one_renewal(
     testbed: Callable[[], DhcpBed], server: str
 ) -> None:
+    """Moved reservation: inbound and egress on the new address within one renewal.
+
+    The old address and its conntrack entries are gone, nothing was restarted."""
     bed = testbed()
     lan = bed.start_lan(server, "v4", LEASE_TIME="120", T1=str(ROTATION_T1), T2="100")
     project = bed.start_project("web")
@@ -258,6 +266,9 @@ def test_s4_lease_rotation_moves_inbound_and_egress_within_one_renewal(
 
 # --- S-5 -------------------------------------------------------------------------------------
 def test_s5_two_projects_on_one_lan_are_independent(testbed: Callable[[], DhcpBed]) -> None:
+    """Two projects on one LAN: distinct MACs and leases, each port reaches its own app.
+
+    Stopping one project leaves the other serving with its lease."""
     bed = testbed()
     lan = bed.start_lan("dnsmasq", "both")
     alpha = bed.start_project("alpha")
