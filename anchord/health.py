@@ -3,7 +3,11 @@
 The process that judges readiness (the metrics worker of a network-anchor, the
 service-anchor process) writes ``<run_dir>/health.json`` whenever readiness
 changes and on every heartbeat; ``anchord healthcheck`` reads it. Format:
-``{"ready": bool, "unmet": {"key": "detail", ...}, "pid": int, "time": unix}``.
+``{"ready": bool, "unmet": {"key": "detail", ...}, "pid": int, "time": unix}``, plus, from the
+network-anchor's metrics worker, ``"restarts": {"worker": int, ...}`` (what ``anchord status``
+shows; the same counts as ``anchord_worker_restarts_total``). The entry process removes the
+file at a container start (``clear``): a file of a previous start, whose pid a new process may
+well have, must not pass for the current one.
 """
 
 from __future__ import annotations
@@ -19,13 +23,39 @@ HEALTH_FILE = "health.json"
 STALE_AFTER = 30.0
 
 
-def write(run_dir: Path, ready: bool, unmet: Mapping[str, str]) -> None:
+def write(
+    run_dir: Path,
+    ready: bool,
+    unmet: Mapping[str, str],
+    restarts: Mapping[str, int] | None = None,
+) -> None:
     """Atomically replace the readiness file."""
     path = run_dir / HEALTH_FILE
     tmp = path.with_name(f".{HEALTH_FILE}.{os.getpid()}")
-    body = {"ready": ready, "unmet": dict(unmet), "pid": os.getpid(), "time": time.time()}
+    body: dict[str, object] = {
+        "ready": ready,
+        "unmet": dict(unmet),
+        "pid": os.getpid(),
+        "time": time.time(),
+    }
+    if restarts is not None:
+        body["restarts"] = dict(restarts)
     tmp.write_text(json.dumps(body) + "\n")
     os.replace(tmp, path)
+
+
+def clear(run_dir: Path) -> None:
+    """Remove the readiness file (at a container start)."""
+    (run_dir / HEALTH_FILE).unlink(missing_ok=True)
+
+
+def read_restarts(run_dir: Path) -> dict[str, int] | None:
+    """The worker restart counts in the readiness file; None if it has none (yet)."""
+    try:
+        restarts = json.loads((run_dir / HEALTH_FILE).read_text())["restarts"]
+        return {str(name): int(n) for name, n in restarts.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def check(run_dir: Path, now: float | None = None) -> tuple[bool, str]:

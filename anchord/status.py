@@ -2,7 +2,9 @@
 
 It joins the bus as a short-lived client named ``status``; its ``Hello`` makes
 every owner republish its full state at once, so a second is enough. Process
-states come from supervisord's XML-RPC interface on its unix socket.
+states come from supervisord's XML-RPC interface on its unix socket; each
+program's restart count from the readiness file the metrics worker writes
+(the counts of ``anchord_worker_restarts_total``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anchord import health
 from bus.client import BusClient
 from bus.events import (
     BackendsDesired,
@@ -73,6 +76,9 @@ def gather(run_dir: Path, timeout: float = 1.5) -> Report:
         report.unmet = [f"{k}: {v}" for k, v in sorted(body["unmet"].items())]
     except (OSError, ValueError, KeyError, TypeError):
         report.unmet = ["readiness unknown: the metrics worker has not written it"]
+    restarts = health.read_restarts(run_dir) or {}
+    for proc in report.processes:
+        proc["restarts"] = restarts.get(proc["name"])  # None: not counted (yet)
     report.reachable = not report.errors
     return report
 
@@ -157,6 +163,8 @@ def render_text(report: Report) -> str:
     if report.processes:
         out.append("workers:")
         for proc in report.processes:
-            up = f" up {_duration(proc['uptime'])}" if proc["state"] == "RUNNING" else ""
-            out.append(f"  {proc['name']:<18} {proc['state']:<9}{up}")
+            details = [f"up {_duration(proc['uptime'])}"] if proc["state"] == "RUNNING" else []
+            if proc.get("restarts") is not None:
+                details.append(f"restarts {proc['restarts']}")
+            out.append(f"  {proc['name']:<18} {proc['state']:<9} {', '.join(details)}".rstrip())
     return "\n".join(out)

@@ -1,6 +1,6 @@
 """The network-anchor entry process: runs supervisord and owns the shutdown decision.
 
-It removes a stale shutdown marker, starts supervisord in the foreground with
+It removes a stale shutdown marker and readiness file, starts supervisord in the foreground with
 the workers' console pointed at its own stdout, and on SIGTERM/SIGINT writes the
 shutdown marker *before* passing the signal on, so every worker knows this is a
 container stop (tear down, release) and not a ``supervisorctl restart``. A hard
@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
+from anchord import health
 from anchord.config import NetworkAnchorConfig
 from anchord.lifecycle import clear_shutdown, mark_shutdown
 from anchord.logsetup import CONSOLE_ENV
@@ -48,6 +49,8 @@ def supervisord_conf(env: Mapping[str, str]) -> Path:
 def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
     prepare_run_dir(config.run_dir)
     clear_shutdown(config.run_dir)
+    # A readiness file of a previous start would pass for this one (see anchord.health).
+    health.clear(config.run_dir)
     Path("/var/log/anchord").mkdir(parents=True, exist_ok=True)
     conf = supervisord_conf(env)
     child_env = dict(env)

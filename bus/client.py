@@ -62,6 +62,8 @@ class BusClient:
         self.received: Counter[str] = Counter()  # by topic
         self.decode_errors: Counter[str] = Counter()  # by reason
         self.hello_acked = False
+        # Connections to the broker made so far: each one after the first is a restarted broker.
+        self.connects = 0
         self._hello_next = 0.0
         self._hello_delay = _HELLO_RETRY
         self._heartbeat_next = 0.0
@@ -213,6 +215,7 @@ class BusClient:
             # (Re)connected to the broker, maybe a restarted one that lost
             # every message in flight: ask the owners for their state again.
             log.debug("bus connected")
+            self.connects += 1
             self._say_hello()
 
     def _drain(self) -> list[Event]:

@@ -5,7 +5,10 @@ turns it into Prometheus metrics at scrape time (so labels stay bounded: family,
 proto, result/outcome, source, worker, topic — never a container, IP or port)
 and into readiness: every expected worker heartbeating with all its conditions
 met. It also writes the readiness file the image's healthcheck reads, so health
-works with the listener disabled. It never changes any state but its own.
+works with the listener disabled, with the workers' restart counts in it for
+``anchord status``; those counts survive a restart of this worker through that file (which
+the entry process removes at a container start), and such a restart counts as one of its own.
+It never changes any state but its own.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ SUBSCRIBE: tuple[type[Event], ...] = ()
 # A worker whose heartbeat is older than this is reported as not ready (hung,
 # stopped, or FATAL in supervisord: it then never heartbeats again).
 STALE_AFTER = 3 * HEARTBEAT
+# supervisord's program names of this worker and of the broker (keys of their restarts).
+SELF = "metrics"
+BUS = "bus"
 
 
 @dataclass
@@ -77,6 +83,7 @@ class State:
     dhcp: dict[tuple[int, str], _Running] = field(default_factory=dict)
     dhcp_dropped: dict[int, _Running] = field(default_factory=dict)
     restarts: Counter[str] = field(default_factory=Counter)  # worker -> pid changes seen
+    bus_connects: int = 0
     last_nat: tuple[int, float] | None = None
     reconcile_seconds: Histogram | None = None
 
@@ -112,6 +119,16 @@ class State:
             for count in event.acquisitions:
                 self.dhcp.setdefault((event.family, count.key), _Running()).update(count.value)
             self.dhcp_dropped.setdefault(event.family, _Running()).update(event.dropped)
+
+    def restart_counts(self) -> dict[str, int]:
+        """Restarts of the bus, of every expected worker and of this one, zeros included."""
+        return {name: self.restarts[name] for name in (BUS, *self.expected, SELF)}
+
+    def bus_connected(self, connects: int) -> None:
+        """Count a restart of the broker: every connection to it after the first one."""
+        if connects > self.bus_connects:
+            self.restarts[BUS] += connects - max(self.bus_connects, 1)
+            self.bus_connects = connects
 
     def unmet(self, now: float) -> list[str]:
         """Readiness: the unmet conditions as ``key: detail`` lines (empty = ready)."""
@@ -211,9 +228,10 @@ class _Collector(Collector):
             dropped.add_metric([f"ipv{family}"], running.total)
         yield dropped
         restarts = CounterMetricFamily("anchord_worker_restarts", "Worker restarts seen on the "
-                                       "bus (a new pid)", labels=["worker"])
-        for name in self.state.expected:
-            restarts.add_metric([name], s.restarts[name])
+                                       "bus (a new pid; the bus: a reconnection)",
+                                       labels=["worker"])
+        for name, n in s.restart_counts().items():
+            restarts.add_metric([name], n)
         yield restarts
 
 
@@ -230,27 +248,34 @@ def build_registry(state: State, bus: BusClient) -> CollectorRegistry:
 
 def run(config: NetworkAnchorConfig, bus: BusClient, life: Lifecycle,
         expected: Iterable[str] | None = None) -> int:
-    state = State(expected=tuple(n for n in (expected or WORKERS) if n != "metrics"))
+    state = State(expected=tuple(n for n in (expected or WORKERS) if n != SELF))
+    previous = health.read_restarts(config.run_dir)
+    if previous is not None:
+        # Only a previous instance of this worker in this container start wrote the counts.
+        state.restarts.update(previous)
+        state.restarts[SELF] += 1
     registry = build_registry(state, bus)
     listener = None
     if config.metrics_addr is not None:
         listener = httpserve.serve(config.metrics_addr, registry,
                                    lambda: state.unmet(time.monotonic()))
-    last_written: tuple[bool, tuple[str, ...]] | None = None
+    last_written: tuple[bool, tuple[str, ...], dict[str, int]] | None = None
     next_write = 0.0
     try:
         while not life.stop_requested:
             for event in bus.poll(1.0):
                 state.handle(event, time.monotonic())
+            state.bus_connected(bus.connects)
             now = time.monotonic()
             unmet = state.unmet(now)
-            current = (not unmet, tuple(unmet))
+            # A restart seen is written at once, so `anchord status` shows it within a second.
+            current = (not unmet, tuple(unmet), state.restart_counts())
             if current != last_written or now >= next_write:
                 if current[0] != (last_written or (None,))[0]:
                     log.info("readiness changed", extra={"fields": {
                         "ready": current[0], "unmet": unmet}})
                 health.write(config.run_dir, current[0],
-                             dict(line.split(": ", 1) for line in unmet))
+                             dict(line.split(": ", 1) for line in unmet), current[2])
                 last_written, next_write = current, now + HEARTBEAT
     finally:
         if listener is not None:

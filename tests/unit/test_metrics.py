@@ -125,3 +125,18 @@ def test_series_stay_bounded_after_100_containers() -> None:
     assert after ^ before == set(), sorted(after ^ before)
     assert not any("172.20" in s or "c5-" in s or "bad" in s for s in after)
     assert len(after) == len(before)
+
+
+def test_restart_counts_include_the_bus_and_this_worker() -> None:
+    state = State(expected=EXPECTED)
+    assert state.restart_counts() == {"bus": 0, "discovery": 0, "nat-writer": 0, "metrics": 0}
+    state.bus_connected(1)  # the first connection is no restart
+    state.bus_connected(1)
+    assert state.restart_counts()["bus"] == 0
+    state.bus_connected(3)  # two reconnections between two looks
+    state.handle(status("nat-writer", 5), 0.0)
+    state.handle(status("nat-writer", 6), 0.0)
+    assert state.restart_counts() == {"bus": 2, "discovery": 0, "nat-writer": 1, "metrics": 0}
+    text = scrape(state)
+    for worker, n in state.restart_counts().items():
+        assert f'anchord_worker_restarts_total{{worker="{worker}"}} {n}.0' in text
