@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,16 @@ class Anchor:
         lines = self.ctl("status").splitlines()
         return {ln.split()[0]: ln.split()[1] for ln in lines if len(ln.split()) > 1}
 
+    def anchord(self, *args: str) -> str:
+        """``anchord ARGS`` as an operator runs it in the container (output, any exit code)."""
+        return self.ns.run("env", f"ANCHORD_RUN_DIR={self.run_dir}", f"PYTHONPATH={ROOT}",
+                           sys.executable, "-m", "anchord", *args, check=False)
+
+    def restarts(self) -> dict[str, int | None]:
+        """Each program's restarts as ``anchord status --json`` shows them."""
+        report = json.loads(self.anchord("status", "--json"))
+        return {p["name"]: p["restarts"] for p in report["processes"]}
+
     def http(self, path: str) -> tuple[int, str]:
         code = "import sys,urllib.request,urllib.error\n" \
             "try:\n r=urllib.request.urlopen(sys.argv[1],timeout=2); print(r.status); " \
@@ -73,8 +84,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def anchor(tmp_path: Path) -> Iterator[Anchor]:
+# A real worker that can be made to fail at every start: once the gate file exists it exits at
+# once, and with one retry supervisord gives up on it within seconds (FATAL).
+GATED_FLUSHER = """
+[program:conntrack-flusher]
+command=sh -c 'test -e {gate} && exit 3; exec anchord worker conntrack-flusher'
+priority=40
+autorestart=true
+startsecs=1
+startretries=1
+stopsignal=TERM
+stopwaitsecs=4
+redirect_stderr=true
+stdout_logfile={logs}/conntrack-flusher.log
+"""
+
+
+@contextmanager
+def _run_anchor(tmp_path: Path, extra: str = "") -> Iterator[Anchor]:
+    """The entry process with bus, metrics, the probe and ``extra`` programs, in a netns."""
     run_dir, logs = tmp_path / "run", tmp_path / "logs"
     logs.mkdir()
     probe_out = tmp_path / "probe.out"
@@ -87,6 +115,7 @@ def anchor(tmp_path: Path) -> Iterator[Anchor]:
     conf_text = "\n[".join(sec for sec in sections if not sec.startswith("program:")
                            or sec.startswith(("program:bus]", "program:metrics]")))
     conf_text += PROBE.format(python=sys.executable, out=probe_out, root=ROOT, logs=logs)
+    conf_text += extra.format(logs=logs, gate=tmp_path / "gate")
     conf = tmp_path / "supervisord.conf"
     conf.write_text(conf_text)
     port = _free_port()
@@ -96,6 +125,7 @@ def anchor(tmp_path: Path) -> Iterator[Anchor]:
         "ANCHORD_PROJECT": "suptest", "ANCHORD_VLAN_PARENT": "lan0",
         "ANCHORD_METRICS_ADDR": f"127.0.0.1:{port}", "PYTHONPATH": str(ROOT),
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    programs = {"bus", "metrics", "probe"} | set(re.findall(r"\[program:([^\]]+)\]", extra))
     with topology("sup") as topo:
         ns = topo.netns("anchor")
         # A pipe, like the container's stdout (supervisord writes /dev/stdout without
@@ -109,7 +139,7 @@ def anchor(tmp_path: Path) -> Iterator[Anchor]:
         a = Anchor(ns, proc, conf, run_dir, probe_out, console, port)
         try:
             wait_until(lambda: set(a.states().values()) == {"RUNNING"}
-                       and {"bus", "metrics", "probe"} <= set(a.states()), 20,
+                       and programs <= set(a.states()), 20,
                        interval=0.2, what="all programs RUNNING")
             yield a
         finally:
@@ -126,6 +156,18 @@ def anchor(tmp_path: Path) -> Iterator[Anchor]:
             copier.join(5)
             assert proc.stdout is not None
             proc.stdout.close()
+
+
+@pytest.fixture
+def anchor(tmp_path: Path) -> Iterator[Anchor]:
+    with _run_anchor(tmp_path) as a:
+        yield a
+
+
+@pytest.fixture
+def anchor_with_flusher(tmp_path: Path) -> Iterator[Anchor]:
+    with _run_anchor(tmp_path, GATED_FLUSHER) as a:
+        yield a
 
 
 def _copy(proc: subprocess.Popen[str], console: Path) -> None:
@@ -178,8 +220,7 @@ def test_health_and_readiness(anchor: Anchor) -> None:
     assert 'anchord_build_info{role="network-anchor",version=' in metrics
     assert "anchord_bus_messages_total" in metrics
     assert 'anchord_worker_up{worker="dhcp"} 0.0' in metrics
-    health = anchor.ns.run("env", f"ANCHORD_RUN_DIR={anchor.run_dir}", f"PYTHONPATH={ROOT}",
-                           sys.executable, "-m", "anchord", "healthcheck", check=False)
+    health = anchor.anchord("healthcheck")
     assert health.startswith("not ready: ")
     assert "worker_dhcp: no heartbeat yet" in health
 
@@ -199,3 +240,50 @@ def test_restart_versus_shutdown(anchor: Anchor) -> None:
     assert lines[-1] == "shutdown"
     # Every program was stopped, none left behind.
     assert not (anchor.run_dir / "supervisord.pid").exists() or anchor.proc.poll() is not None
+
+
+def test_status_counts_restarts_of_workers_the_bus_and_metrics(anchor_with_flusher: Anchor) -> None:
+    a = anchor_with_flusher
+    zero = {"bus": 0, "metrics": 0, "conntrack-flusher": 0, "probe": None}
+    # The probe is no bus client: nobody counts it, and status says so (None) rather than 0.
+    wait_until(lambda: a.restarts() == zero, 15, what=f"status shows restarts {zero}")
+    for program in ("conntrack-flusher", "bus", "metrics"):
+        a.ctl("restart", program)
+        zero[program] = 1
+        # The metrics worker's own restart is counted, and the others' counts survive it.
+        wait_until(lambda: a.restarts() == zero, 20, what=f"status shows restarts {zero}")
+    text = a.anchord("status")
+    assert re.search(r"^  conntrack-flusher +RUNNING +up \d+s, restarts 1$", text, re.M), text
+    metrics = a.http("/metrics")[1]
+    for program in ("bus", "metrics", "conntrack-flusher"):
+        assert f'anchord_worker_restarts_total{{worker="{program}"}} 1.0' in metrics
+
+
+def test_fatal_worker_shows_as_not_ready(anchor_with_flusher: Anchor, tmp_path: Path) -> None:
+    a = anchor_with_flusher
+    unmet = {"worker_discovery", "worker_dhcp", "worker_nat-writer"}  # never started here
+
+    def readyz_keys() -> set[str]:
+        code, body = a.http("/readyz")
+        assert code == 503, (code, body)
+        return {line.split(":")[0] for line in body.splitlines()}
+
+    # Heartbeating: the flusher is not among the unmet conditions.
+    wait_until(lambda: readyz_keys() == unmet, 20, what="the flusher heartbeats")
+    (tmp_path / "gate").touch()  # every start from now on fails at once
+    a.ctl("signal", "KILL", "conntrack-flusher")
+    wait_until(lambda: a.states().get("conntrack-flusher") == "FATAL", 20,
+               what="supervisord gives up on the flusher (FATAL)")
+    # It stops heartbeating: after STALE_AFTER (15 s) readiness names it.
+    wait_until(lambda: readyz_keys() == unmet | {"worker_conntrack-flusher"}, 40,
+               interval=0.5, what="/readyz names the FATAL worker")
+    body = a.http("/readyz")[1]
+    assert re.search(r"^worker_conntrack-flusher: no heartbeat for \d+s$", body, re.M), body
+    assert 'anchord_worker_up{worker="conntrack-flusher"} 0.0' in a.http("/metrics")[1]
+    # The readiness file follows within the metrics worker's next loop (a second).
+    health = wait_until(lambda: "worker_conntrack-flusher" in (h := a.anchord("healthcheck"))
+                        and h, 5, what="`anchord healthcheck` names the FATAL worker")
+    assert health.startswith("not ready: ") and "worker_conntrack-flusher: no heartbeat" in health
+    text = a.anchord("status")
+    assert re.search(r"^  conntrack-flusher +FATAL\b", text, re.M), text
+    assert "missing worker_conntrack-flusher: no heartbeat for" in text, text
