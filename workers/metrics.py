@@ -27,7 +27,7 @@ from anchord import __version__, health, httpserve
 from anchord.config import NetworkAnchorConfig
 from anchord.lifecycle import Lifecycle
 from anchord.runner import WORKERS
-from bus.client import HEARTBEAT, BusClient
+from bus.client import HEARTBEAT, BusClient, all_event_types
 from bus.events import (
     BackendsDesired,
     ConntrackFlushed,
@@ -48,6 +48,15 @@ SUBSCRIBE: tuple[type[Event], ...] = ()
 # A worker whose heartbeat is older than this is reported as not ready (hung,
 # stopped, or FATAL in supervisord: it then never heartbeats again).
 STALE_AFTER = 3 * HEARTBEAT
+# Label values every counter series exists with from the start, at zero (so that rate() and
+# absence alerts work at once, and the number of series does not grow as events first happen):
+# every topic of the event catalogue, every DHCP outcome of both families.
+TOPICS = frozenset(cls.TOPIC.rstrip("/") for cls in all_event_types())
+DHCP_SERIES = tuple(
+    (family, outcome)
+    for family in (4, 6)
+    for outcome in ("ok", "nak", "timeout", "conflict", "expired")
+)
 # supervisord's program names of this worker and of the broker (keys of their restarts).
 SELF = "metrics"
 BUS = "bus"
@@ -161,8 +170,8 @@ class _Collector(Collector):
         yield info
         msgs = CounterMetricFamily("anchord_bus_messages", "Bus messages received by the "
                                    "metrics worker, by topic", labels=["topic"])
-        for topic, n in sorted(s.messages.items()):
-            msgs.add_metric([topic], n)
+        for topic in sorted(TOPICS | set(s.messages)):
+            msgs.add_metric([topic], s.messages[topic])
         yield msgs
         errors = CounterMetricFamily("anchord_bus_decode_errors", "Bus messages dropped as "
                                      "undecodable, by receiving worker", labels=["worker"])
@@ -219,13 +228,14 @@ class _Collector(Collector):
         yield rej
         acq = CounterMetricFamily("anchord_dhcp_acquisitions", "DHCP lease acquisitions by "
                                   "family and outcome", labels=["family", "outcome"])
-        for (family, outcome), running in sorted(s.dhcp.items()):
+        for family, outcome in sorted(set(DHCP_SERIES) | set(s.dhcp)):
+            running = s.dhcp.get((family, outcome), _Running())
             acq.add_metric([f"ipv{family}", outcome], running.total)
         yield acq
         dropped = CounterMetricFamily("anchord_dhcp_packets_dropped", "Received DHCP packets "
                                       "dropped as malformed or unexpected", labels=["family"])
-        for family, running in sorted(s.dhcp_dropped.items()):
-            dropped.add_metric([f"ipv{family}"], running.total)
+        for family in sorted({4, 6} | set(s.dhcp_dropped)):
+            dropped.add_metric([f"ipv{family}"], s.dhcp_dropped.get(family, _Running()).total)
         yield dropped
         restarts = CounterMetricFamily("anchord_worker_restarts", "Worker restarts seen on the "
                                        "bus (a new pid; the bus: a reconnection)",

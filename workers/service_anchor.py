@@ -196,7 +196,7 @@ class Metrics:
             "1 while a default route via the resolved gateway is installed", ["family"],
             registry=self.registry)
         Info("anchord_build", "anchord build", registry=self.registry).info(
-            {"version": __version__})
+            {"version": __version__, "role": "service-anchor"})
         # Every series exists from the start, so that rate() and absence alerts work at once.
         for family in FAMILIES:
             name = family_name(family)

@@ -277,7 +277,7 @@ def test_installs_default_routes_that_carry_traffic_and_becomes_ready(env: Env) 
         assert env.metric("anchord_default_route_present", family=family) == 1
         assert env.metric("anchord_gateway_route_replaces_total", family=family) == 1
         assert env.metric("anchord_gateway_resolve_total", family=family, outcome="ok") >= 1
-    assert env.metric("anchord_build_info", version=_version()) == 1
+    assert env.metric("anchord_build_info", version=_version(), role="service-anchor") == 1
     health = env.health()
     assert health["ready"] is True and health["unmet"] == {}
     assert check_health(env.run_dir) == (True, "ready")  # `anchord healthcheck`

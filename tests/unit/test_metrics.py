@@ -7,7 +7,7 @@ from typing import cast
 
 from prometheus_client import generate_latest
 
-from bus.client import BusClient
+from bus.client import BusClient, all_event_types
 from bus.events import (
     Backend,
     BackendsDesired,
@@ -140,3 +140,16 @@ def test_restart_counts_include_the_bus_and_this_worker() -> None:
     text = scrape(state)
     for worker, n in state.restart_counts().items():
         assert f'anchord_worker_restarts_total{{worker="{worker}"}} {n}.0' in text
+
+
+def test_counter_series_exist_from_the_start() -> None:
+    # Topics and DHCP outcomes not seen yet are there at zero: the number of series does not
+    # grow when an event happens for the first time.
+    text = scrape(State(expected=EXPECTED))
+    for cls in all_event_types():
+        assert f'anchord_bus_messages_total{{topic="{cls.TOPIC.rstrip("/")}"}} 0.0' in text
+    for family in ("ipv4", "ipv6"):
+        for outcome in ("ok", "nak", "timeout", "conflict", "expired"):
+            assert (f'anchord_dhcp_acquisitions_total{{family="{family}",outcome="{outcome}"}} '
+                    "0.0") in text
+        assert f'anchord_dhcp_packets_dropped_total{{family="{family}"}} 0.0' in text
