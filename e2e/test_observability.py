@@ -25,6 +25,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -58,6 +59,7 @@ SETTLED_GAUGES = (
     "anchord_ready",
 )
 CHURN = 100
+CHURN_LABEL = "anchord-e2e.churn"
 ROUND = 25
 
 
@@ -83,6 +85,20 @@ def stack(anchord_image: str, request: pytest.FixtureRequest) -> Iterator[Stack]
     finally:
         if request.session.testsfailed != failed_before:
             print(project.dump())
+        # Compose does not know the churn containers (no service label): remove any left.
+        left = harness.run(
+            [
+                "docker",
+                "ps",
+                "-aq",
+                "--filter",
+                f"label={CHURN_LABEL}",
+                "--filter",
+                f"label=com.docker.compose.project={project.name}",
+            ]
+        )
+        if left.stdout.split():
+            harness.run(["docker", "rm", "-f", *left.stdout.split()], check=False, timeout=180)
         project.down()
 
 
@@ -248,7 +264,11 @@ def expose_churn(stack: Stack, index: int) -> tuple[dict[str, str], str]:
         "label": f"tcp/{port}x",
         "conflict": "tcp/8080",
     }[kind]
-    labels = {"com.docker.compose.project": stack.project.name, "anchord.expose": label}
+    labels = {
+        "com.docker.compose.project": stack.project.name,
+        "anchord.expose": label,
+        CHURN_LABEL: "1",  # how the fixture finds any left behind
+    }
     if index % 3 == 0:
         labels["anchord.expose.v6"] = "off"
     return labels, kind
@@ -257,25 +277,18 @@ def expose_churn(stack: Stack, index: int) -> tuple[dict[str, str], str]:
 def churn_round(stack: Stack, first: int, count: int, base: dict[str, float]) -> None:
     """Start ``count`` labelled containers, see them exposed (or rejected), remove them, see
     everything back to ``base``."""
-    ids, kinds = [], Counter[str]()
-    for index in range(first, first + count):
-        labels, kind = expose_churn(stack, index)
-        kinds[kind] += 1
+    network = f"{stack.project.name}_transit"
+    churn = [expose_churn(stack, index) for index in range(first, first + count)]
+    kinds = Counter(kind for _, kind in churn)
+
+    def create(labels: dict[str, str]) -> str:
         args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
-        ids.append(
-            harness.run(
-                [
-                    "docker",
-                    "create",
-                    *args,
-                    "--network",
-                    f"{stack.project.name}_transit",
-                    LAN_IMAGE,
-                    "sleep",
-                    "infinity",
-                ]
-            ).stdout.strip()
-        )
+        cmd = ["docker", "create", *args, "--network", network, LAN_IMAGE, "sleep", "infinity"]
+        return harness.run(cmd).stdout.strip()
+
+    # A few at a time: a `docker create` is mostly waiting for dockerd.
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        ids = list(pool.map(create, (labels for labels, _ in churn)))
     try:
         harness.run(["docker", "start", *ids])
         want = {
