@@ -37,6 +37,7 @@ from e2e.harness import ComposeProject, wait_until
 from e2e.lifecycle_support import started_at, transit_addresses
 from e2e.stack_support import LAN_IMAGE, Stack
 
+SCENARIO = "F-18..20 observe"  # for the scenario report (e2e/conftest.py)
 OBSERVE_FILE = harness.COMPOSE_DIR / "observe" / "compose.yaml"
 WORKERS = ("discovery", "dhcp", "nat-writer", "conntrack-flusher")  # bus clients of metrics
 PROGRAMS = ("bus", *WORKERS, "metrics")
@@ -153,6 +154,7 @@ def record(stack: Stack, app: str) -> Record:
 
 
 def test_gated_app_starts_only_after_the_route_exists(stack: Stack) -> None:
+    """An app gated on service_healthy sees the route via anchord at its first instant."""
     anchord_v4, _ = transit_addresses(stack.project, "anchord")
     anchord_start = started_at(stack.project, "anchord")
     control, gated = record(stack, "control"), record(stack, "gated")
@@ -171,6 +173,7 @@ def test_gated_app_starts_only_after_the_route_exists(stack: Stack) -> None:
 
 
 def test_metrics_health_and_readiness_scraped_from_another_container(stack: Stack) -> None:
+    """anchord:9090 from another container: /healthz, /readyz, F-19 families, sane values."""
     assert get(stack, "http://anchord:9090/healthz") == {"status": 200, "body": "ok\n"}
     wait_until(
         lambda: get(stack, "http://anchord:9090/readyz") == {"status": 200, "body": "ready\n"},
@@ -210,6 +213,7 @@ def test_metrics_health_and_readiness_scraped_from_another_container(stack: Stac
 
 
 def test_service_anchor_listener_scraped_from_another_container(stack: Stack) -> None:
+    """A service-anchor's own :9090 from another container: ready, route present, counts."""
     assert get(stack, "http://web-anchor:9090/healthz") == {"status": 200, "body": "ok\n"}
     assert get(stack, "http://web-anchor:9090/readyz") == {"status": 200, "body": "ready\n"}
     found = scrape(stack, "web-anchor")
@@ -226,6 +230,7 @@ def restarts_json(stack: Stack) -> dict[str, Any]:
 
 
 def test_status_shows_restarts_after_a_worker_restart(stack: Stack) -> None:
+    """After `supervisorctl restart nat-writer`, status shows it restarted once, others 0."""
     zero = dict.fromkeys(PROGRAMS, 0)
     wait_until(
         lambda: restarts_json(stack) == zero,
@@ -324,6 +329,7 @@ def churn_view(stack: Stack) -> dict[str, float]:
 
 
 def test_series_unchanged_after_100_containers_came_and_went(stack: Stack) -> None:
+    """The same series on /metrics after 100 labelled containers came and went."""
     base = {"tcp": 1.0, "udp": 1.0, "label": 0.0, "conflict": 0.0}
     wait_until(lambda: churn_view(stack) == base, 30, interval=0.5, message=f"base {base}")
     before = scrape(stack)
@@ -345,6 +351,7 @@ def test_series_unchanged_after_100_containers_came_and_went(stack: Stack) -> No
 
 
 def test_default_metrics_addr_is_not_reachable_from_another_container(stack: Stack) -> None:
+    """With the default ANCHORD_METRICS_ADDR another container is refused."""
     project = replace(
         stack.project,
         env={k: v for k, v in stack.project.env.items() if k != "ANCHORD_METRICS_ADDR"},
