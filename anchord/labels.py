@@ -27,11 +27,14 @@ Rules (SPEC "Labels"):
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bus.events import Backend, Rejection
+from bus.events import Backend, BackendGroup, Rejection, group_entries
 
 EXPOSE_LABEL = "anchord.expose"
 EXPOSE_V6_LABEL = "anchord.expose.v6"
@@ -97,13 +100,104 @@ def parse_expose(value: str) -> tuple[PortRange, ...]:
     if not value.strip():
         raise LabelError(value, "the label is empty")
     ranges: list[PortRange] = []
+    held = _Held()
     for token in value.split(","):
         pr = parse_token(token)
-        for earlier in ranges:
-            if pr.overlaps(earlier):
-                raise LabelError(token.strip(), f"overlaps {earlier} earlier in the same label")
+        earlier = held.first_overlap(pr)
+        if earlier is not None:
+            raise LabelError(token.strip(), f"overlaps {earlier[0]} earlier in the same label")
+        held.add(_Parsed.of((pr,)), "")
         ranges.append(pr)
     return tuple(ranges)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """A parsed ``anchord.expose`` value, indexed for the conflict checks."""
+
+    ranges: tuple[PortRange, ...]
+    singles: dict[tuple[str, int], int]  # (proto, port) -> position in the label
+    spans: tuple[tuple[int, PortRange], ...]  # (position, range) of the real ranges
+    ports: dict[str, list[int]]  # proto -> its single ports, sorted
+
+    @classmethod
+    def of(cls, ranges: tuple[PortRange, ...]) -> _Parsed:
+        singles = {(pr.proto, pr.first): i for i, pr in enumerate(ranges) if pr.first == pr.last}
+        ports: dict[str, list[int]] = {}
+        for proto, port in singles:
+            ports.setdefault(proto, []).append(port)
+        for sorted_ports in ports.values():
+            sorted_ports.sort()
+        spans = tuple((i, pr) for i, pr in enumerate(ranges) if pr.first != pr.last)
+        return cls(ranges, singles, spans, ports)
+
+    def covers_single(self, span: PortRange) -> bool:
+        """Whether one of the single ports falls in ``span``."""
+        ports = self.ports.get(span.proto, [])
+        i = bisect.bisect_left(ports, span.first)
+        return i < len(ports) and ports[i] <= span.last
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(value: str) -> _Parsed | LabelError:
+    """``parse_expose``, indexed and cached by value (a bad value caches its error).
+
+    Discovery rebuilds the table from every label on each change, and a label
+    listing thousands of ports is the same string every time.
+    """
+    try:
+        return _Parsed.of(parse_expose(value))
+    except LabelError as exc:
+        return exc
+
+
+# (container order, position in its label): earlier holds win, and are named first.
+_Order = tuple[int, int]
+
+
+class _Held:
+    """Port ranges already taken, each with an owner, answering "what overlaps?" fast.
+
+    A label (or a project) may hold thousands of single ports: single ports sit in a
+    dict by (proto, port), ranges in a list (they are few), so a lookup costs
+    O(ranges + length of the range asked about) instead of O(everything held), and a
+    label of single ports that overlaps nothing is added in one C-level update.
+    """
+
+    def __init__(self) -> None:
+        # (proto, port) -> (container order, owner, the owner's positions by port)
+        self._singles: dict[tuple[str, int], tuple[int, str, dict[tuple[str, int], int]]] = {}
+        self._ranges: list[tuple[_Order, PortRange, str]] = []
+        self._next = 0
+
+    def first_overlap(self, pr: PortRange) -> tuple[PortRange, str] | None:
+        """The earliest held range overlapping ``pr`` and its owner, or None."""
+        hits = [h for h in self._ranges if h[1].overlaps(pr)]
+        if self._singles:
+            get = self._singles.get
+            for p in (pr.first,) if pr.first == pr.last else range(pr.first, pr.last + 1):
+                single = get((pr.proto, p))
+                if single is not None:
+                    order, owner, positions = single
+                    hits.append(((order, positions[(pr.proto, p)]),
+                                 PortRange(pr.proto, p, p), owner))
+        if not hits:
+            return None
+        _, held, owner = min(hits, key=lambda h: h[0])
+        return held, owner
+
+    def overlaps_any(self, parsed: _Parsed) -> bool:
+        if not self._singles.keys().isdisjoint(parsed.singles):
+            return True
+        if any(parsed.covers_single(pr) for _, pr, _ in self._ranges):
+            return True
+        return any(self.first_overlap(pr) is not None for _, pr in parsed.spans)
+
+    def add(self, parsed: _Parsed, owner: str) -> None:
+        """Hold every range of ``parsed`` (which must overlap nothing held) for ``owner``."""
+        order, self._next = self._next, self._next + 1
+        self._singles.update(dict.fromkeys(parsed.singles, (order, owner, parsed.singles)))
+        self._ranges.extend(((order, i), pr, owner) for i, pr in parsed.spans)
 
 
 def parse_v6(value: str | None) -> bool:
@@ -154,23 +248,30 @@ def _normalise_created(created: str) -> str:
 
 @dataclass(frozen=True)
 class Table:
-    """The desired table discovery publishes: sorted entries and rejections."""
+    """The desired table discovery publishes: sorted groups of entries, and rejections."""
 
-    entries: tuple[Backend, ...]
+    groups: tuple[BackendGroup, ...]
     rejections: tuple[Rejection, ...]
+
+    @property
+    def entries(self) -> tuple[Backend, ...]:
+        """Every entry, in table order."""
+        return tuple(sorted(itertools.chain.from_iterable(g.backends() for g in self.groups)))
 
 
 def build_table(containers: Iterable[ContainerView], transit_network: str) -> Table:
     """The whole desired table from the project's containers (see module docstring)."""
-    entries: list[Backend] = []
+    groups: list[BackendGroup] = []
     rejections: list[Rejection] = []
-    claims: list[tuple[ContainerView, tuple[PortRange, ...], bool]] = []
+    claims: list[tuple[ContainerView, str, _Parsed, bool]] = []
     for c in sorted(containers, key=lambda c: c.order_key):
         raw = c.label(EXPOSE_LABEL)
         if raw is None:
             continue
         try:
-            ranges = parse_expose(raw)
+            parsed = _parsed(raw)
+            if isinstance(parsed, LabelError):
+                raise parsed
             v6 = parse_v6(c.label(EXPOSE_V6_LABEL))
         except LabelError as exc:
             label = EXPOSE_LABEL if exc.source == "expose" else EXPOSE_V6_LABEL
@@ -187,12 +288,20 @@ def build_table(containers: Iterable[ContainerView], transit_network: str) -> Ta
                 container=c.name, reason=_no_transit_reason(c, transit_network), kind="no-transit"
             ))
             continue
-        claims.append((c, ranges, v6))
+        claims.append((c, raw, parsed, v6))
 
-    kept: list[tuple[PortRange, str]] = []  # (range, owner name), in creation order
-    for c, ranges, v6 in claims:
-        for pr in ranges:
-            held = next(((k, name) for k, name in kept if k.overlaps(pr)), None)
+    kept = _Held()  # ranges kept so far and their owner's name, in creation order
+    for c, raw, parsed, v6 in claims:
+        if not kept.overlaps_any(parsed):
+            # The usual case: the whole label is kept, and its groups are the same
+            # objects as in the last table as long as the container's address is.
+            kept.add(parsed, c.name)
+            if c.healthy:
+                groups.extend(_groups(raw, v6, c.name, c.service, c.transit_v4, c.transit_v6))
+            continue
+        won: list[PortRange] = []
+        for pr in parsed.ranges:
+            held = kept.first_overlap(pr)
             if held is not None:
                 rejections.append(Rejection(
                     container=c.name,
@@ -201,21 +310,34 @@ def build_table(containers: Iterable[ContainerView], transit_network: str) -> Ta
                     kind="conflict",
                 ))
                 continue
-            kept.append((pr, c.name))
-            if not c.healthy:
-                continue
-            if c.transit_v4:
-                entries.append(Backend(4, pr.proto, pr.first, pr.last, c.transit_v4, c.name,
-                                       c.service))
-            if v6 and c.transit_v6:
-                entries.append(Backend(6, pr.proto, pr.first, pr.last, c.transit_v6, c.name,
-                                       c.service))
-    return Table(tuple(sorted(entries, key=_entry_key)), tuple(sorted(
+            kept.add(_Parsed.of((pr,)), c.name)
+            won.append(pr)
+        if c.healthy:
+            groups.extend(group_entries(
+                _backends(won, v6, c.name, c.service, c.transit_v4, c.transit_v6)))
+    # Groups sort by (family, proto, address, container): the same order every time.
+    return Table(tuple(sorted(groups)), tuple(sorted(
         rejections, key=lambda r: (r.container, r.kind, r.reason))))
 
 
-def _entry_key(b: Backend) -> tuple[int, str, int, int, str]:
-    return (b.family, b.proto, b.first, b.last, b.address)
+@functools.lru_cache(maxsize=4096)
+def _groups(raw: str, v6: bool, name: str, service: str, transit_v4: str,
+            transit_v6: str) -> tuple[BackendGroup, ...]:
+    """The groups of a container whose whole label is kept (cached: rebuilt per change)."""
+    parsed = _parsed(raw)
+    assert not isinstance(parsed, LabelError)  # only called for a label that parsed
+    return group_entries(_backends(parsed.ranges, v6, name, service, transit_v4, transit_v6))
+
+
+def _backends(ranges: Iterable[PortRange], v6: bool, name: str, service: str,
+              transit_v4: str, transit_v6: str) -> tuple[Backend, ...]:
+    out: list[Backend] = []
+    for pr in ranges:
+        if transit_v4:
+            out.append(Backend(4, pr.proto, pr.first, pr.last, transit_v4, name, service))
+        if v6 and transit_v6:
+            out.append(Backend(6, pr.proto, pr.first, pr.last, transit_v6, name, service))
+    return tuple(out)
 
 
 def _no_transit_reason(c: ContainerView, transit_network: str) -> str:

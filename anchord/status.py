@@ -113,7 +113,7 @@ def _absorb(report: Report, event: object) -> None:
     elif isinstance(event, LinkChanged):
         report.link = asdict(event)
     elif isinstance(event, BackendsDesired):
-        report.ports = [asdict(e) for e in event.entries]
+        report.ports = [e._asdict() for e in event.entries]
         report.rejections = [asdict(r) for r in event.rejections]
     elif isinstance(event, NatApplied):
         report.nat = {"generation": event.generation, "ok": event.ok, "error": event.error,

@@ -58,7 +58,7 @@ HEARTBEAT = 3600.0  # no heartbeat traffic in the middle of a measurement
 
 def table(n: int) -> BackendsDesired:
     """A realistic desired table of ``n`` entries (names and addresses all distinct)."""
-    return BackendsDesired(
+    return BackendsDesired.of(
         generation=1,
         cause="event",
         event_time=1700000000.125,
@@ -146,10 +146,10 @@ def publisher(run_dir: Path, ctl: Path) -> None:
             time.sleep(max(0.0, next_at - time.monotonic()))
         time.sleep(0.5)
         for n in TABLE_SIZES:
-            entries = table(n).entries
+            groups = table(n).groups
             for k in range(TABLE_ROUNDS[n]):
                 bus.publish(BackendsDesired(generation=k, cause=f"bench-{n}",
-                                            event_time=time.monotonic(), entries=entries))
+                                            event_time=time.monotonic(), groups=groups))
                 time.sleep(TABLE_GAP[n])
         time.sleep(0.5)
         start = time.monotonic()

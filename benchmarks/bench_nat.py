@@ -163,7 +163,7 @@ def bus_round_trip(ns: Netns) -> None:
                     for i in range(201):
                         gen += 1
                         t0 = time.time()
-                        msg = BackendsDesired(generation=gen, cause="event", event_time=t0,
+                        msg = BackendsDesired.of(generation=gen, cause="event", event_time=t0,
                                               entries=variants[i % 2])
                         deadline = time.monotonic() + 30
                         got = None

@@ -14,8 +14,11 @@ message alone.
 
 from __future__ import annotations
 
+import functools
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,12 @@ class WorkerStatus(Event):
 # --- discovery ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Backend:
-    """One desired DNAT entry: ``proto/first-last`` of ``family`` goes to ``address``."""
+class Backend(NamedTuple):
+    """One desired DNAT entry: ``proto/first-last`` of ``family`` goes to ``address``.
+
+    Tuple order is the table's order (family, proto, ports, address). Not on the
+    wire itself: ``BackendsDesired`` carries entries as ``BackendGroup`` rows.
+    """
 
     family: int  # 4 or 6
     proto: str  # "tcp" or "udp"
@@ -75,6 +81,52 @@ class Backend:
     address: str
     container: str  # container name, for people (status output); never a metric label
     service: str = ""
+
+
+class PortSpan(NamedTuple):
+    """A port range ``first-last`` (first < last) of a ``BackendGroup``."""
+
+    first: int
+    last: int
+
+
+class BackendGroup(NamedTuple):
+    """The entries of one container that share family, proto and address: its ports.
+
+    The wire form of the desired table: a big project exposes thousands of ports
+    from a few containers, so the address and names are written once per group and
+    the ports as a plain list of integers, which the codec writes and checks in C.
+    A group is also the unit a consumer can compare to find what changed.
+    """
+
+    family: int  # 4 or 6
+    proto: str  # "tcp" or "udp"
+    address: str
+    container: str
+    service: str = ""
+    ports: tuple[int, ...] = ()  # single ports
+    ranges: tuple[PortSpan, ...] = ()
+
+    def backends(self) -> list[Backend]:
+        """The entries of the group: its single ports, then its ranges."""
+        fam, proto, addr, name, service = self[:5]
+        out = [Backend(fam, proto, p, p, addr, name, service) for p in self.ports]
+        out.extend(Backend(fam, proto, a, b, addr, name, service) for a, b in self.ranges)
+        return out
+
+
+def group_entries(entries: Iterable[Backend]) -> tuple[BackendGroup, ...]:
+    """``entries`` as groups (in the order each group first appears; ports keep theirs)."""
+    ports: dict[tuple[int, str, str, str, str], tuple[list[int], list[PortSpan]]] = {}
+    for e in entries:
+        key = (e.family, e.proto, e.address, e.container, e.service)
+        singles, spans = ports.setdefault(key, ([], []))
+        if e.first == e.last:
+            singles.append(e.first)
+        else:
+            spans.append(PortSpan(e.first, e.last))
+    return tuple(BackendGroup(*key, tuple(singles), tuple(spans))
+                 for key, (singles, spans) in ports.items())
 
 
 @dataclass(frozen=True)
@@ -88,17 +140,38 @@ class Rejection:
 
 @dataclass(frozen=True)
 class BackendsDesired(Event):
-    """The whole desired backend table of the project, as discovery sees it."""
+    """The whole desired backend table of the project, as discovery sees it.
+
+    Version 2: the entries travel as ``groups`` (one per container, family, proto and
+    address) instead of one object per port; ``entries`` expands them on first use.
+    Build one from entries with ``BackendsDesired.of``.
+    """
 
     TOPIC: ClassVar[str] = "BackendsDesired/"
+    VERSION: ClassVar[int] = 2
     generation: int
     cause: str  # "event", "poll" or "heartbeat"
     event_time: float  # Docker event time (unix seconds) that caused it, 0 if none
-    entries: tuple[Backend, ...] = ()
+    groups: tuple[BackendGroup, ...] = ()
     rejections: tuple[Rejection, ...] = ()
     transit_network: str = ""
     transit_v4: str = ""  # the anchord container's own transit address(es)
     transit_v6: str = ""
+
+    @classmethod
+    def of(cls, *, entries: Iterable[Backend] = (), **fields: Any) -> BackendsDesired:
+        """A table from its entries (grouped as the wire wants them)."""
+        return cls(groups=group_entries(entries), **fields)
+
+    @property
+    def size(self) -> int:
+        """How many entries, without expanding them."""
+        return sum(len(g.ports) + len(g.ranges) for g in self.groups)
+
+    @functools.cached_property
+    def entries(self) -> tuple[Backend, ...]:
+        """Every entry, in table order (family, proto, ports, address)."""
+        return tuple(sorted(itertools.chain.from_iterable(g.backends() for g in self.groups)))
 
 
 @dataclass(frozen=True)
@@ -266,6 +339,7 @@ CATALOGUE: dict[str, type[Event]] = {
 __all__ = [
     "CATALOGUE",
     "Backend",
+    "BackendGroup",
     "BackendsDesired",
     "Condition",
     "ConntrackFlushed",
@@ -282,7 +356,9 @@ __all__ = [
     "NatApplied",
     "NetworkAttachment",
     "NetworkMap",
+    "PortSpan",
     "Rejection",
     "StaleBackend",
     "WorkerStatus",
+    "group_entries",
 ]

@@ -179,7 +179,7 @@ class Discovery:
     def summary(self) -> str:
         if self.desired is None:
             return "no table yet"
-        return (f"generation {self.desired.generation}: {len(self.desired.entries)} entries, "
+        return (f"generation {self.desired.generation}: {self.desired.size} entries, "
                 f"{len(self.desired.rejections)} rejections, transit "
                 f"{self.desired.transit_network or '-'}")
 
@@ -352,14 +352,14 @@ class Discovery:
             generation=self.generation,
             cause=cause,
             event_time=event_time,
-            entries=table.entries,
+            groups=table.groups,
             rejections=table.rejections,
             transit_network=transit,
             transit_v4=self_v4,
             transit_v6=self_v6,
         )
         log.info("desired backends changed", extra={"fields": {
-            "generation": self.generation, "cause": cause, "entries": len(table.entries),
+            "generation": self.generation, "cause": cause, "entries": self.desired.size,
             "rejections": len(table.rejections)}})
         for r in table.rejections:
             if r not in old:

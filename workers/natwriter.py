@@ -56,7 +56,7 @@ class _Writer:
             return False
 
     def apply(self, desired: BackendsDesired) -> NatApplied:
-        result = self.tables.apply(desired.entries)
+        result = self.tables.apply_groups(desired.groups)
         applied = NatApplied(
             generation=desired.generation,
             ok=result.ok,

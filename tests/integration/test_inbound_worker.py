@@ -122,7 +122,7 @@ def test_worker_restart_keeps_tables_and_shutdown_deletes(
         writer = procs.worker(net.anchor, "nat-writer", "workers.natwriter")
         flusher = procs.worker(net.anchor, "conntrack-flusher", "workers.conntrack_flusher")
         with BusClient("test", run_dir, subscribe=(NatApplied, ConntrackFlushed)) as bus:
-            gen1 = BackendsDesired(generation=1, cause="event", event_time=time.time(), entries=(
+            gen1 = BackendsDesired.of(generation=1, cause="event", event_time=time.time(), entries=(
                 Entry(4, "tcp", 8080, 8080, b1.v4, "b1"), Entry(4, "udp", 5353, 5353, b1.v4, "b1")))
             applied = wait_event(bus, lambda e: isinstance(e, NatApplied) and e.generation == 1,
                                  20, "NatApplied 1", publish=gen1)
@@ -149,7 +149,7 @@ def test_worker_restart_keeps_tables_and_shutdown_deletes(
             assert handles(net) == before
 
             # The backend moves: the restarted flusher flushes, the UDP flow follows.
-            gen2 = BackendsDesired(generation=2, cause="event", event_time=time.time(), entries=(
+            gen2 = BackendsDesired.of(generation=2, cause="event", event_time=time.time(), entries=(
                 Entry(4, "tcp", 8080, 8080, b2.v4, "b2"), Entry(4, "udp", 5353, 5353, b2.v4, "b2")))
             switched = time.time()
             flushed = wait_event(bus, lambda e: isinstance(e, ConntrackFlushed), 20,

@@ -3,7 +3,8 @@
 The codec validates the canonical shape its own encoder writes on a fast path
 and anything else on the exact (slow) path; the tests here feed both, including
 a bad value deep inside a 10 000-entry table, and pin the wire bytes to what
-``dataclasses.asdict`` + ``json.dumps`` wrote before the codec was compiled.
+``dataclasses.asdict`` + ``json.dumps`` write (records, ``NamedTuple`` rows such as
+``BackendGroup``, are JSON arrays that way too).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from bus.codec import MAX_MESSAGE_BYTES, DecodeError, _compiled, _Mismatch, deco
 from bus.events import (
     CATALOGUE,
     Backend,
+    BackendGroup,
     BackendsDesired,
     Condition,
     Event,
     Hello,
     Lease,
     LeaseChanged,
+    PortSpan,
     Rejection,
     WorkerStatus,
 )
@@ -35,7 +38,7 @@ SAMPLES = [
     Hello(worker="dhcp", pid=42),
     WorkerStatus(worker="nat-writer", pid=7, started=1.5,
                  conditions=(Condition("nat_tables", True, "installed"),), received=3),
-    BackendsDesired(
+    BackendsDesired.of(
         generation=3, cause="event", event_time=1700000000.25,
         entries=(Backend(4, "tcp", 25, 25, "172.20.0.5", "mail"),
                  Backend(6, "udp", 49152, 49200, "fd00::5", "mail")),
@@ -120,11 +123,11 @@ def test_rejects_bad_envelopes(change: dict[str, object], reason: str) -> None:
 def test_rejects_nested_wrong_types() -> None:
     frames = encode(SAMPLES[2], "t", 1)
     body = json.loads(frames[1])
-    body["data"]["entries"][0]["first"] = "25"
+    body["data"]["groups"][0][5][0] = "25"
     with pytest.raises(DecodeError) as err:
         decode([frames[0], json.dumps(body).encode()])
     assert err.value.reason == "field"
-    assert "entries[0].first" in str(err.value)
+    assert "groups[0].ports[0]" in str(err.value)
 
 
 def test_rejects_oversized_payload() -> None:
@@ -144,15 +147,21 @@ def test_encode_refuses_oversized_event() -> None:
 # --- the compiled codec: wire bytes, big tables, both validation paths -------
 
 BIG = 10_000
-DEEP = 9_876  # an entry far from the start: the fast path has done most of the work
+DEEP = 98  # a group far from the start (of 100): the fast path has done most of the work
+DEEP_PORT = 76
 
 
 def big_table(n: int = BIG) -> BackendsDesired:
+    """``n`` entries in groups of 100: 99 single ports and one range each."""
+    groups = []
+    for g in range(max(1, n // 100)):
+        base = 10_000 + g * 200
+        groups.append(BackendGroup(
+            4 if g % 2 else 6, "udp" if g % 3 else "tcp", f"10.{g >> 8 & 255}.{g & 255}.1",
+            f"proj-svc{g}-1", f"svc{g}", tuple(range(base, base + min(n, 100) - 1)),
+            (PortSpan(base + 150, base + 160 + g % 3),)))
     return BackendsDesired(
-        generation=7, cause="event", event_time=1700000000.125,
-        entries=tuple(Backend(4 if i % 2 else 6, "udp" if i % 3 else "tcp", 10_000 + i,
-                              10_000 + i + i % 3, f"10.{i >> 8 & 255}.{i & 255}.1",
-                              f"proj-svc{i}-1", f"svc{i}") for i in range(n)),
+        generation=7, cause="event", event_time=1700000000.125, groups=tuple(groups),
         rejections=tuple(Rejection(f"c{i}", "bad token", "label") for i in range(n // 100)),
         transit_network="proj_transit", transit_v4="172.20.0.2", transit_v6="fd00::2")
 
@@ -175,6 +184,10 @@ def sample_value(hint: Any, i: int) -> Any:
         return sample_value(next(a for a in typing.get_args(hint) if a is not type(None)), i)
     if dataclasses.is_dataclass(hint):
         return sample_of(typing.cast(type, hint), i)
+    if isinstance(hint, type) and issubclass(hint, tuple):  # a NamedTuple record
+        hints = typing.get_type_hints(hint)
+        return hint(*(sample_value(hints[name], i + k)
+                      for k, name in enumerate(hint._fields)))  # type: ignore[attr-defined]
     return {bool: i % 2 == 0, int: i, float: i + 0.5, str: f"s\u00e9{i}"}[hint]
 
 
@@ -210,20 +223,48 @@ def test_big_table_wire_bytes_and_round_trip() -> None:
     decoded = decode(frames).event
     assert decoded == event
     assert isinstance(decoded, BackendsDesired)
-    assert len(decoded.entries) == BIG
-    assert all(type(e) is Backend for e in decoded.entries)
-    assert type(decoded.entries) is tuple
+    assert decoded.size == len(decoded.entries) == BIG
+    assert all(type(g) is BackendGroup for g in decoded.groups)
+    assert all(type(s) is PortSpan for g in decoded.groups for s in g.ranges)
+    assert type(decoded.groups) is tuple and type(decoded.groups[0].ports) is tuple
     assert type(decoded.event_time) is float
+    # The wire form: one array per group, its single ports a plain array of integers.
+    row = body_of(frames)["data"]["groups"][0]
+    assert row[:5] == [6, "tcp", "10.0.0.1", "proj-svc0-1", "svc0"]
+    assert row[5][:2] == [10_000, 10_001] and row[6] == [[10_150, 10_160]]
 
 
-def test_decoded_events_are_real_frozen_dataclasses() -> None:
-    decoded = decode(encode(big_table(3), "t", 1)).event
+def test_big_table_takes_the_fast_path() -> None:
+    data = body_of(encode(big_table(), "t", 1))["data"]
+    assert _compiled(BackendsDesired).fast(data) == big_table()
+
+
+def test_decoded_events_are_real_frozen_dataclasses_and_records() -> None:
+    decoded = decode(encode(big_table(300), "t", 1)).event
     assert isinstance(decoded, BackendsDesired)
-    entry = decoded.entries[1]
     with pytest.raises(dataclasses.FrozenInstanceError):
-        entry.first = 1  # type: ignore[misc]
-    assert dataclasses.replace(entry, first=1).first == 1
-    assert dataclasses.asdict(entry)["address"] == entry.address
+        decoded.generation = 1  # type: ignore[misc]
+    group = decoded.groups[1]
+    with pytest.raises(AttributeError):
+        group.address = "x"  # type: ignore[misc]
+    assert group._replace(address="x").address == "x"
+    entry = decoded.entries[1]
+    assert type(entry) is Backend and entry._asdict()["address"] == entry.address
+
+
+def test_entries_expand_the_groups_in_table_order() -> None:
+    entries = [Backend(4, "udp", 53, 53, "10.0.0.3", "dns"),
+               Backend(4, "tcp", 443, 443, "10.0.0.2", "web", "web"),
+               Backend(4, "tcp", 80, 80, "10.0.0.2", "web", "web"),
+               Backend(6, "tcp", 80, 80, "fd00::2", "web", "web"),
+               Backend(4, "udp", 5000, 5010, "10.0.0.3", "dns")]
+    event = BackendsDesired.of(generation=1, cause="poll", event_time=0, entries=entries)
+    assert event.groups == (
+        BackendGroup(4, "udp", "10.0.0.3", "dns", "", (53,), (PortSpan(5000, 5010),)),
+        BackendGroup(4, "tcp", "10.0.0.2", "web", "web", (443, 80)),
+        BackendGroup(6, "tcp", "fd00::2", "web", "web", (80,)),
+    )
+    assert event.entries == tuple(sorted(entries)) and event.size == 5
 
 
 def test_non_ascii_strings_are_escaped_as_before() -> None:
@@ -236,13 +277,14 @@ def test_non_ascii_strings_are_escaped_as_before() -> None:
 
 def test_encode_ignores_extra_instance_attributes_and_rejects_foreign_objects() -> None:
     entry = Backend(4, "tcp", 1, 1, "10.0.0.1", "c")
-    object.__setattr__(entry, "_cache", {"not": "a field"})
-    event = BackendsDesired(generation=1, cause="poll", event_time=0, entries=(entry,))
+    event = BackendsDesired.of(generation=1, cause="poll", event_time=0, entries=(entry,))
+    assert event.entries == (entry,)  # cached in the instance dict
+    object.__setattr__(event, "_cache", {"not": "a field"})
     frames = encode(event, "t", 1, ts=1.0)
-    assert b"_cache" not in frames[1]
+    assert b"_cache" not in frames[1] and b"entries" not in frames[1]
     assert frames == reference_encode(
-        BackendsDesired(generation=1, cause="poll", event_time=0,
-                        entries=(Backend(4, "tcp", 1, 1, "10.0.0.1", "c"),)), "t", 1, 1.0)
+        BackendsDesired.of(generation=1, cause="poll", event_time=0,
+                           entries=(Backend(4, "tcp", 1, 1, "10.0.0.1", "c"),)), "t", 1, 1.0)
     with pytest.raises(TypeError, match="not JSON serializable"):
         encode(Hello(worker={1, 2}, pid=1), "t", 1)  # type: ignore[arg-type]
     with pytest.raises(ValueError):  # allow_nan=False, as before
@@ -252,38 +294,45 @@ def test_encode_ignores_extra_instance_attributes_and_rejects_foreign_objects() 
 @pytest.mark.parametrize(
     ("change", "path", "why"),
     [
-        (lambda e: e.update(first="25"), "first", "expected an integer"),
-        (lambda e: e.update(first=True), "first", "expected an integer"),
-        (lambda e: e.update(family=4.0), "family", "expected an integer"),
-        (lambda e: e.update(proto=None), "proto", "expected a string"),
-        (lambda e: e.update(address=["10.0.0.1"]), "address", "expected a string"),
-        (lambda e: e.pop("last"), "last", "missing"),
-        (lambda e: e.update(extra=1), "", "unknown field(s) ['extra']"),
+        (lambda g: g[5].__setitem__(DEEP_PORT, "25"), f"ports[{DEEP_PORT}]",
+         "expected an integer"),
+        (lambda g: g[5].__setitem__(DEEP_PORT, True), f"ports[{DEEP_PORT}]",
+         "expected an integer"),
+        (lambda g: g.__setitem__(0, 4.0), "family", "expected an integer"),
+        (lambda g: g.__setitem__(1, None), "proto", "expected a string"),
+        (lambda g: g.__setitem__(2, ["10.0.0.1"]), "address", "expected a string"),
+        (lambda g: g.__setitem__(5, None), "ports", "expected a list"),
+        (lambda g: g.__setitem__(6, [[1]]), "ranges[0]", "expected 2..2 items, got 1"),
+        (lambda g: g.__setitem__(6, [[1, "2"]]), "ranges[0].last", "expected an integer"),
+        (lambda g: g.__setitem__(6, [{"first": 1, "last": 2}]), "ranges[0]",
+         "expected an array"),
+        (lambda g: g.__delitem__(slice(3, None)), "", "expected 4..7 items, got 3"),
+        (lambda g: g.append(1), "", "expected 4..7 items, got 8"),
     ],
 )
-def test_a_wrong_entry_deep_in_a_big_table_is_rejected_by_path(
+def test_a_wrong_group_deep_in_a_big_table_is_rejected_by_path(
     change: Any, path: str, why: str
 ) -> None:
     body = body_of(encode(big_table(), "t", 1))
-    change(body["data"]["entries"][DEEP])
+    change(body["data"]["groups"][DEEP])
     with pytest.raises(DecodeError) as err:
         decode_body(body)
     assert err.value.reason == "field"
-    where = f"BackendsDesired.entries[{DEEP}]" + (f".{path}" if path else "")
+    where = f"BackendsDesired.groups[{DEEP}]" + (f".{path}" if path else "")
     assert str(err.value) == f"{where}: {why}"
 
 
 @pytest.mark.parametrize(
     ("replacement", "message"),
     [
-        ("not an object", f"BackendsDesired.entries[{DEEP}]: expected an object"),
-        (None, f"BackendsDesired.entries[{DEEP}]: expected an object"),
-        ([1, 2], f"BackendsDesired.entries[{DEEP}]: expected an object"),
+        ("not an array", f"BackendsDesired.groups[{DEEP}]: expected an array"),
+        (None, f"BackendsDesired.groups[{DEEP}]: expected an array"),
+        ({"family": 4}, f"BackendsDesired.groups[{DEEP}]: expected an array"),
     ],
 )
-def test_an_entry_that_is_not_an_object_is_rejected(replacement: Any, message: str) -> None:
+def test_a_group_that_is_not_an_array_is_rejected(replacement: Any, message: str) -> None:
     body = body_of(encode(big_table(), "t", 1))
-    body["data"]["entries"][DEEP] = replacement
+    body["data"]["groups"][DEEP] = replacement
     with pytest.raises(DecodeError) as err:
         decode_body(body)
     assert (err.value.reason, str(err.value)) == ("field", message)
@@ -291,21 +340,20 @@ def test_an_entry_that_is_not_an_object_is_rejected(replacement: Any, message: s
 
 def test_the_first_bad_field_is_the_one_reported() -> None:
     body = body_of(encode(big_table(), "t", 1))
-    body["data"]["entries"][DEEP]["last"] = "x"
-    body["data"]["entries"][DEEP]["first"] = "y"
-    body["data"]["entries"][DEEP]["zzz"] = 1
+    body["data"]["groups"][DEEP][5][DEEP_PORT] = "y"
+    body["data"]["groups"][DEEP][2] = 5
     body["data"]["rejections"][0]["reason"] = 5
     with pytest.raises(DecodeError) as err:
         decode_body(body)
-    # Field order, entries before rejections, fields before unknown keys: as before.
-    assert str(err.value) == f"BackendsDesired.entries[{DEEP}].first: expected an integer"
+    # Field order, groups before rejections.
+    assert str(err.value) == f"BackendsDesired.groups[{DEEP}].address: expected a string"
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"entries": {"0": {}}}, "BackendsDesired.entries: expected a list"),
-        ({"entries": None}, "BackendsDesired.entries: expected a list"),
+        ({"groups": {"0": {}}}, "BackendsDesired.groups: expected a list"),
+        ({"groups": None}, "BackendsDesired.groups: expected a list"),
         ({"event_time": "now"}, "BackendsDesired.event_time: expected a number"),
         ({"event_time": True}, "BackendsDesired.event_time: expected a number"),
         ({"event_time": 10 ** 400}, "BackendsDesired.event_time: expected a number"),
@@ -356,16 +404,16 @@ def test_valid_but_not_canonical_big_table_decodes_exactly() -> None:
     event = big_table()
     body = body_of(encode(event, "t", 1))
     rng = random.Random(5)
-    entries = body["data"]["entries"]
-    entries[DEEP] = dict(sorted(entries[DEEP].items(), key=lambda _: rng.random()))
-    del entries[DEEP + 1]["service"]
+    rejections = body["data"]["rejections"]
+    rejections[0] = dict(sorted(rejections[0].items(), key=lambda _: rng.random()))
+    del body["data"]["groups"][DEEP][4:]  # service, ports and ranges take their defaults
     del body["data"]["transit_v6"]
     body["data"]["event_time"] = 1700000000
     decoded = decode_body(body)
-    moved = dataclasses.replace(event.entries[DEEP + 1], service="")
+    short = event.groups[DEEP]._replace(service="", ports=(), ranges=())
     expected = dataclasses.replace(
         event, event_time=1700000000.0, transit_v6="",
-        entries=(*event.entries[:DEEP + 1], moved, *event.entries[DEEP + 2:]))
+        groups=(*event.groups[:DEEP], short, *event.groups[DEEP + 1:]))
     assert decoded == expected
     assert type(decoded.event_time) is float
     # Re-encoding writes field order again, whatever order the sender used.

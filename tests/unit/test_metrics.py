@@ -104,7 +104,7 @@ def test_series_stay_bounded_after_100_containers() -> None:
     state = State(expected=EXPECTED)
 
     def table(n: int) -> BackendsDesired:
-        return BackendsDesired(
+        return BackendsDesired.of(
             generation=n, cause="event", event_time=float(n),
             entries=tuple(Backend(4, "tcp", 1000 + i, 1000 + i, f"172.20.0.{i + 2}",
                                   f"c{n}-{i}") for i in range(n % 7)),
