@@ -107,7 +107,8 @@ def run_size(size: int, rounds: int) -> dict[str, list[float]]:
     tables.installed = True
     assert d.desired is not None
     first = codec.decode(codec.encode(d.desired, "discovery", 0)).event
-    assert isinstance(first, BackendsDesired) and first.size == size, first.size
+    assert isinstance(first, BackendsDesired)
+    assert first.size == size, first.size
     tables.apply_groups(first.groups)
     stages: dict[str, list[float]] = {k: [] for k in (
         "discovery rebuild", "encode", "decode+validate", "nat apply (python)", "total")}

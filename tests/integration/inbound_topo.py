@@ -169,7 +169,7 @@ except OSError as exc:
 
 TCP_LOOP = r"""
 import socket, sys, time
-addr, port = sys.argv[1], int(sys.argv[2])
+addr, port, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
 print("started", flush=True)
 while True:
@@ -184,6 +184,7 @@ while True:
         print(f"{t:.6f} fail {type(exc).__name__}", flush=True)
     finally:
         s.close()
+    time.sleep(pause)
 """
 
 UDP_STREAM = r"""
@@ -312,8 +313,9 @@ class Stream:
         return out
 
 
-def tcp_loop(ns: Netns, addr: str, port: int) -> Stream:
-    return Stream(ns, TCP_LOOP, addr, str(port))
+def tcp_loop(ns: Netns, addr: str, port: int, pause: float = 0.0) -> Stream:
+    """A client connecting in a loop, ``pause`` s between attempts (0: a tight loop)."""
+    return Stream(ns, TCP_LOOP, addr, str(port), str(pause))
 
 
 def udp_stream(ns: Netns, addr: str, port: int, sport: int, interval: float = 0.1) -> Stream:
