@@ -287,13 +287,20 @@ def wire_lan(lan: Netns, pid: int) -> None:
     anchor("sysctl", "-qw", "net.ipv4.ip_forward=1")
 
 
-def fill(proj: Project, transit: str, have: int, want: int) -> int:
-    """Filler containers until ``want`` filler ports exist (``have`` already do)."""
+def fill(proj: Project, transit: str, have: int, want: int, ranges: bool) -> int:
+    """Filler containers until ``want`` filler elements exist (``have`` already do).
+
+    Each element is a single port, or with ``ranges`` a two-port range (interval map).
+    """
     while have < want:
         n = min(PORTS_PER_FILLER, want - have)
-        first = FIRST_FILLER_PORT + have
-        proj.container(f"fill{have}", networks=(transit,),
-                       expose=",".join(f"tcp/{p}" for p in range(first, first + n)))
+        if ranges:
+            firsts = range(FIRST_FILLER_PORT + 3 * have, FIRST_FILLER_PORT + 3 * (have + n), 3)
+            label = ",".join(f"tcp/{p}-{p + 1}" for p in firsts)
+        else:
+            first = FIRST_FILLER_PORT + have
+            label = ",".join(f"tcp/{p}" for p in range(first, first + n))
+        proj.container(f"fill{have}", networks=(transit,), expose=label)
         have += n
     return have
 
@@ -426,6 +433,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,1000,10000", help="map elements, ascending")
     parser.add_argument("--pause", type=float, default=0.01,
                         help="seconds between the client's connection attempts")
+    parser.add_argument("--ranges", action="store_true",
+                        help="every element a port range (interval map), the backend's too")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     if os.geteuid() != 0:
@@ -436,12 +445,14 @@ def main() -> None:
     results: list[SizeResult] = []
     print(f"# {sh('nft', '--version').strip()}, kernel {os.uname().release}, "
           f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
-          f"{args.restarts} restarts per size")
+          f"{args.restarts} restarts per size, "
+          f"{'ranges (interval map)' if args.ranges else 'single ports (plain map)'}")
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp, \
             rig(api, Path(tmp)) as (proj, topo, transit, watch):
         gateway = str(api.inspect_container(proj.containers[0])["NetworkSettings"]["Networks"]
                       [transit]["IPAddress"])
-        cid = proj.container("web", networks=(transit,), expose=f"tcp/{PORT}")
+        expose = f"tcp/{PORT}-{PORT + 1}" if args.ranges else f"tcp/{PORT}"
+        cid = proj.container("web", networks=(transit,), expose=expose)
         prefix = gateway.rsplit(".", 1)[0]
         web = WebBackend(api, cid, transit, gateway, (f"{prefix}.201", f"{prefix}.202"))
         try:
@@ -449,7 +460,7 @@ def main() -> None:
             loop = tcp_loop(topo.namespaces[0], PROJECT4, PORT, pause=args.pause)
             fillers = 0
             for size in sizes:
-                fillers = fill(proj, transit, fillers, size - 1)
+                fillers = fill(proj, transit, fillers, size - 1, args.ranges)
                 def filled(e: NatApplied, n: int = size) -> bool:
                     return e.ok and tcp_count(e) == n
 

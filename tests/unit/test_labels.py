@@ -186,3 +186,37 @@ def test_unhealthy_winner_keeps_claim_but_has_no_backend() -> None:
 def test_table_is_deterministic() -> None:
     cs = [view(f"c{i}", f"tcp/{1000 + i}", v4=f"10.0.1.{i}", v6=f"fd00::{i}") for i in range(20)]
     assert build_table(cs, "t") == build_table(list(reversed(cs)), "t")
+
+
+def test_thousands_of_ports_conflicts_name_the_earliest_holder() -> None:
+    """Labels of many single ports are checked against an index, not pairwise: the
+    conflicts and their reasons are those of the pairwise rule."""
+    a = view("a", ",".join(f"tcp/{p}" for p in range(1000, 2000)),
+             created="2026-01-01T00:00:01Z", v4="10.0.0.1")
+    b = view("b", "tcp/1500-1600, tcp/3000", created="2026-01-01T00:00:02Z", v4="10.0.0.2")
+    c = view("c", "tcp/3000,tcp/4000-4010", created="2026-01-01T00:00:03Z", v4="10.0.0.3")
+    d = view("d", "tcp/4005,udp/1500", created="2026-01-01T00:00:04Z", v4="10.0.0.4")
+    t = build_table([d, c, b, a], "t")
+    assert len(t.entries) == 1000 + 1 + 1 + 1
+    assert {(e.proto, e.first, e.last, e.container) for e in t.entries
+            if e.container != "a"} == {("tcp", 3000, 3000, "b"), ("tcp", 4000, 4010, "c"),
+                                       ("udp", 1500, 1500, "d")}
+    assert [r.reason for r in t.rejections] == [
+        "tcp/1500-1600 of container b conflicts with tcp/1500 of container a, created "
+        "earlier, which keeps it",
+        "tcp/3000 of container c conflicts with tcp/3000 of container b, created earlier, "
+        "which keeps it",
+        "tcp/4005 of container d conflicts with tcp/4000-4010 of container c, created "
+        "earlier, which keeps it",
+    ]
+
+
+def test_an_unchanged_container_keeps_the_same_group_objects() -> None:
+    """What lets discovery and the nat-writer compare tables cheaply (by identity first)."""
+    big = view("big", ",".join(f"udp/{p}" for p in range(20000, 25000)), v4="10.0.0.9")
+    first = build_table([big, view("web", "tcp/80", v4="10.0.0.2")], "t")
+    second = build_table([big, view("web", "tcp/80", v4="10.0.0.3")], "t")
+    (big_1,) = (g for g in first.groups if g.container == "big")
+    (big_2,) = (g for g in second.groups if g.container == "big")
+    assert big_1 is big_2 and len(big_1.ports) == 5000
+    assert [g.address for g in second.groups if g.container == "web"] == ["10.0.0.3"]
