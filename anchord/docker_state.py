@@ -379,6 +379,12 @@ def relevant_container(ev: Mapping[str, Any], project: str) -> str | None:
     return None
 
 
+def event_network(ev: Mapping[str, Any]) -> tuple[str, str]:
+    """(network id, network name) of a network event."""
+    actor = ev.get("Actor") or {}
+    return str(actor.get("ID") or ""), str((actor.get("Attributes") or {}).get("name") or "")
+
+
 def event_time(ev: Mapping[str, Any]) -> float:
     """The event's own time, in unix seconds (``timeNano`` when present)."""
     nano = ev.get("timeNano")

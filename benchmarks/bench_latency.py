@@ -232,7 +232,8 @@ class WebBackend:
 
 
 @contextmanager
-def rig(api: docker.APIClient, work: Path) -> Iterator[tuple[Project, Topology, str, NatWatch]]:
+def rig(api: docker.APIClient, work: Path, logs: Path,
+        log_level: str) -> Iterator[tuple[Project, Topology, str, NatWatch]]:
     """Project, LAN namespace, broker and workers; everything removed on exit."""
     with ExitStack() as stack:
         proj = stack.enter_context(project(api))
@@ -254,10 +255,10 @@ def rig(api: docker.APIClient, work: Path) -> Iterator[tuple[Project, Topology, 
             # The event path is what is measured: the safety-net poll stays out of the way.
             "ANCHORD_POLL_INTERVAL": "1h",
             "ANCHORD_CONSOLE": "/dev/null",
-            "ANCHORD_LOG_LEVEL": "warn",
+            "ANCHORD_LOG_LEVEL": log_level,
             "DOCKER_HOST": "unix:///var/run/docker.sock",
         }
-        programs = Programs(run_dir, env, work)
+        programs = Programs(run_dir, env, logs)
         stack.callback(programs.close)
         programs.start("bus")
         wait_until(lambda: (run_dir / "sub.ipc").exists(), timeout=20, what="broker sockets")
@@ -312,6 +313,7 @@ def fill(proj: Project, transit: str, have: int, want: int, ranges: bool) -> int
 class SizeResult:
     size: int
     latency: list[float] = field(default_factory=list)  # event -> NatApplied published
+    by_kind: dict[str, list[float]] = field(default_factory=dict)  # the same, "down"/"up"
     discovery: list[float] = field(default_factory=list)  # event -> BackendsDesired published
     duration: list[float] = field(default_factory=list)  # NatApplied.duration
     outage: list[float] = field(default_factory=list)
@@ -323,11 +325,12 @@ class SizeResult:
 
 
 def transition(watch: NatWatch, after: int, predicate: Callable[[NatApplied], bool],
-               what: str, result: SizeResult) -> tuple[float, NatApplied]:
-    ts, ev = watch.wait(predicate, after, timeout=60, what=what)
+               kind: str, result: SizeResult) -> tuple[float, NatApplied]:
+    ts, ev = watch.wait(predicate, after, timeout=60, what=f"backend {kind}")
     assert ev.ok, ev.error
     if ev.event_time > 0:
         result.latency.append(ts - ev.event_time)
+        result.by_kind.setdefault(kind, []).append(ts - ev.event_time)
         result.duration.append(ev.duration)
         sent = watch.published.get(ev.generation)
         if sent is not None:
@@ -354,7 +357,7 @@ def measure(api: docker.APIClient, web: WebBackend, watch: NatWatch, loop: Strea
         t_kill = time.time()
         web.stop_server()
         api.stop(web.cid, timeout=0)
-        _, ev = transition(watch, after, lambda e: e.removed >= 1, "backend gone", result)
+        _, ev = transition(watch, after, lambda e: e.removed >= 1, "down", result)
         after = ev.generation
         if i % 2:
             web.move(i // 2)  # every other restart: another address
@@ -362,7 +365,7 @@ def measure(api: docker.APIClient, web: WebBackend, watch: NatWatch, loop: Strea
         # event; the backend's own start-up (route, server) runs meanwhile.
         api.start(web.cid)
         t_ready = web.bring_up()
-        ts_up, ev = transition(watch, after, lambda e: e.added >= 1, "backend back", result)
+        ts_up, ev = transition(watch, after, lambda e: e.added >= 1, "up", result)
         after = ev.generation
         result.restarts += 1
         if len(web.addresses) > 1 and web.addresses[-1] != web.addresses[-2]:
@@ -388,6 +391,9 @@ def measure(api: docker.APIClient, web: WebBackend, watch: NatWatch, loop: Strea
 # --- the report -----------------------------------------------------------------------
 
 
+KINDS = {"down": "backend down (die event)", "up": "backend up (start event)"}
+
+
 def ms(x: float) -> str:
     return f"{x * 1000:8.1f}"
 
@@ -405,6 +411,10 @@ def report(results: list[SizeResult]) -> None:
               f"{ms(pct(lat, .99))} {ms(max(lat))}   {ms(pct(disc, .5))} {ms(pct(disc, .99))}"
               f"   {ms(pct(r.duration, .5)):>9} {ms(pct(r.duration, .99)):>9}"
               f"   {r.moved:>3}/{r.restarts:<3}   {' '.join(f'{x:.2f}' for x in r.load)}")
+    for r in results:
+        print(f"{r.size:>9}   " + "   ".join(
+            f"{KINDS[kind]}: p50 {ms(pct(v, .5)).strip()} p99 "
+            f"{ms(pct(v, .99)).strip()}" for kind, v in sorted(r.by_kind.items())))
     base = results[0]
     if len(results) > 1:
         print("ratios to the smallest size (p50 / p99):")
@@ -433,6 +443,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,1000,10000", help="map elements, ascending")
     parser.add_argument("--pause", type=float, default=0.01,
                         help="seconds between the client's connection attempts")
+    parser.add_argument("--logs", default="", help="keep the workers' logs in this directory")
+    parser.add_argument("--log-level", default="warn", help="the workers' ANCHORD_LOG_LEVEL")
     parser.add_argument("--ranges", action="store_true",
                         help="every element a port range (interval map), the backend's too")
     args = parser.parse_args()
@@ -448,7 +460,8 @@ def main() -> None:
           f"{args.restarts} restarts per size, "
           f"{'ranges (interval map)' if args.ranges else 'single ports (plain map)'}")
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp, \
-            rig(api, Path(tmp)) as (proj, topo, transit, watch):
+            rig(api, Path(tmp), Path(args.logs or tmp), args.log_level) as (
+                proj, topo, transit, watch):
         gateway = str(api.inspect_container(proj.containers[0])["NetworkSettings"]["Networks"]
                       [transit]["IPAddress"])
         expose = f"tcp/{PORT}-{PORT + 1}" if args.ranges else f"tcp/{PORT}"

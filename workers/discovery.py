@@ -40,6 +40,7 @@ from anchord.docker_state import (
     attachments,
     choose_transit,
     container_view,
+    event_network,
     event_time,
     find_self,
     fingerprint,
@@ -206,6 +207,12 @@ class Discovery:
         if cid is None or cid in self._foreign:
             return False
         cached = self.cache.get(cid)
+        if ev.get("Type") == "network" and cached is None and not self._on_own_network(ev):
+            # Every container on the host that joins any network makes a network event, and
+            # inspecting one that is starting waits on its lock for the whole start (0.5 s on
+            # a busy host), holding up the events behind it. Only the anchord container's
+            # networks can carry a transit address; known containers are followed anyway.
+            return False
         if ev.get("Type") == "network" and cached is not None and not is_running(cached):
             # A container being started joins its networks first; inspecting it now would
             # wait on Docker's container lock until the start is over, and the change would
@@ -240,6 +247,16 @@ class Discovery:
         else:
             self.cache[cid] = info
         return True
+
+    def _on_own_network(self, ev: Mapping[str, object]) -> bool:
+        """Whether a network event is about a network of the anchord container (or unknown)."""
+        self_info = self.cache.get(self.self_id) if self.self_id else None
+        if self_info is None:
+            return True  # which networks matter is not known yet
+        network_id, name = event_network(ev)
+        nets = networks_of(self_info)
+        return name in nets or any(str(n.get("NetworkID") or "") == network_id
+                                   for n in nets.values())
 
     def _relist(self) -> None:
         try:

@@ -128,12 +128,13 @@ class Rig:
         self.d.step()
 
     def event(self, cid: str, action: str, t: float, kind: str = "container",
-              project: str = P) -> None:
-        attrs = {"com.docker.compose.project": project} if kind == "container" else \
-            {"container": cid, "name": "proj_transit"}
+              project: str = P, network: str = "proj_transit") -> None:
+        # As Docker sends them: a network event's actor is the network.
+        actor = {"ID": cid, "Attributes": {"com.docker.compose.project": project}} \
+            if kind == "container" else \
+            {"ID": "id-" + network, "Attributes": {"container": cid, "name": network}}
         self.pump.reports.append(PumpReport("event", event={
-            "Type": kind, "Action": action, "Actor": {"ID": cid, "Attributes": attrs},
-            "timeNano": int(t * 1e9)}))
+            "Type": kind, "Action": action, "Actor": actor, "timeNano": int(t * 1e9)}))
         self.d.step()
 
 
@@ -215,6 +216,24 @@ def test_other_projects_are_not_inspected_twice() -> None:
     r.event(stranger["Id"], "disconnect", 3.0, kind="network")
     assert r.api.inspects == 1
     assert r.d.desired is not None and r.d.desired.entries == ()
+
+
+def test_network_events_of_unknown_containers_elsewhere_are_not_inspected() -> None:
+    """A busy host connects containers to networks all the time: an unknown container
+    joining a network the anchord container is not on is none of discovery's business
+    (an inspect would wait for that container's whole start)."""
+    stranger = info("c" * 64, "other-web-1", project="other",
+                    networks={"other_net": ("10.9.0.7", "", "02:42:00:00:00:07")})
+    mine = web()
+    r = Rig(ANCHORD, stranger, mine)
+    r.subscribe()
+    before = r.api.inspects
+    r.event(stranger["Id"], "connect", 2.0, kind="network", network="other_net")
+    assert r.api.inspects == before and r.d.events == 0
+    # A known container is followed on any network; an unknown one joining ours is read.
+    r.event(mine["Id"], "connect", 3.0, kind="network", network="other_net")
+    r.event("d" * 64, "connect", 4.0, kind="network", network="proj_transit")
+    assert r.api.inspects == before + 2 and r.d.events == 2
 
 
 def test_rebuild_time_is_the_transition_not_an_earlier_idle_event() -> None:
