@@ -56,9 +56,11 @@ API_MAX = "1.44"  # the newest version this docker-py knows
 PROBE_TIMEOUT = 1.0
 
 # Container actions that can change what a container contributes to the table.
+# Not "kill": a signal changes nothing by itself (a "die" follows if the container exits),
+# and an inspect right after it would wait on the container's lock for the whole stop.
 CONTAINER_ACTIONS = frozenset(
-    {"start", "restart", "die", "stop", "kill", "destroy", "pause", "unpause", "rename",
-     "create", "update"}
+    {"start", "restart", "die", "stop", "destroy", "pause", "unpause", "rename", "create",
+     "update"}
 )
 NETWORK_ACTIONS = frozenset({"connect", "disconnect"})
 
@@ -417,6 +419,13 @@ def fingerprint(info: Inspect | None) -> tuple[object, ...] | None:
     return (is_running(info), health_of(info), name_of(info), str(info.get("Created", "")),
             tuple(sorted(labels_of(info).items())), nets,
             str((info.get("HostConfig") or {}).get("NetworkMode") or ""))
+
+
+def stopped(info: Inspect) -> Inspect:
+    """``info`` as it reads once the container stopped (a ``die`` event says so)."""
+    state = dict(info.get("State") or {})
+    state.update(Running=False, Paused=False, Restarting=False)
+    return {**info, "State": state}
 
 
 def transition_time(before: Inspect | None, after: Inspect | None) -> float:

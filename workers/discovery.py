@@ -51,6 +51,7 @@ from anchord.docker_state import (
     network_alias,
     networks_of,
     relevant_container,
+    stopped,
     transition_time,
 )
 from anchord.labels import Table, build_table
@@ -223,17 +224,24 @@ class Discovery:
         log.debug("docker event", extra={"fields": {
             "type": ev.get("Type"), "action": ev.get("Action"), "container": cid[:12],
             "time": t}})
-        try:
-            info = self.api.inspect(cid)
-        except DockerUnavailable as exc:
-            self._lost(str(exc))
-            # This change is not in the cache: re-list soon rather than at the next poll.
-            self._next_list = min(self._next_list, self._clock() + self._retry)
-            return False
-        self._answered()
-        if info is not None and labels_of(info).get(PROJECT_LABEL) != self.config.project:
-            self._foreign.add(cid)
-            return False
+        if ev.get("Type") == "container" and ev.get("Action") == "die" and cached is not None:
+            # The main process exited: the container is not running, whatever follows (a
+            # restart policy's "start" comes as its own event). An inspect now would wait on
+            # the container's lock until Docker has torn its network down (0.1 s, more on a
+            # busy host), and the withdrawal with it; the "stop" event re-reads it anyway.
+            info: Inspect | None = stopped(cached)
+        else:
+            try:
+                info = self.api.inspect(cid)
+            except DockerUnavailable as exc:
+                self._lost(str(exc))
+                # This change is not in the cache: re-list soon rather than at the next poll.
+                self._next_list = min(self._next_list, self._clock() + self._retry)
+                return False
+            self._answered()
+            if info is not None and labels_of(info).get(PROJECT_LABEL) != self.config.project:
+                self._foreign.add(cid)
+                return False
         if fingerprint(info) == fingerprint(cached):
             return False  # nothing that matters changed: no rebuild, and no time to lend
         # The inspect waits for Docker's container lock: an event read during a start or

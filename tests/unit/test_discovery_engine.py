@@ -248,6 +248,24 @@ def test_rebuild_time_is_the_transition_not_an_earlier_idle_event() -> None:
     assert d.event_time == pytest.approx(50.0)
 
 
+def test_die_withdraws_at_once_without_waiting_on_an_inspect() -> None:
+    """A "die" is proof enough: no inspect (it would wait for Docker's whole stop), the
+    table loses the entry with the die's time; the "stop" after it re-reads and agrees."""
+    running = web()
+    r = Rig(ANCHORD, running)
+    r.subscribe()
+    assert r.d.desired is not None and len(r.d.desired.entries) == 1
+    generation, before = r.d.desired.generation, r.api.inspects
+    r.event(running["Id"], "kill", 59.0)
+    r.event(running["Id"], "die", 60.0)
+    d = r.d.desired
+    assert r.api.inspects == before and d.generation > generation
+    assert d.entries == () and d.event_time == pytest.approx(60.0)
+    r.api.docs[running["Id"]] = web(running=False)
+    r.event(running["Id"], "stop", 60.5)
+    assert r.api.inspects == before + 1 and r.d.desired.generation == d.generation
+
+
 def test_self_not_found_reports_and_later_keeps_the_last_table() -> None:
     r = Rig(ANCHORD, web())
     r.d._macs = set  # type: ignore[assignment]  # nothing matches: not our namespace
@@ -316,6 +334,7 @@ def test_relevant_events() -> None:
     for action in ("start", "die", "stop", "destroy", "health_status: healthy", "pause"):
         assert relevant_container(ev("container", action, **mine), P) == "x"
     assert relevant_container(ev("container", "exec_start: sh -c true", **mine), P) is None
+    assert relevant_container(ev("container", "kill", **mine), P) is None  # "die" follows
     assert relevant_container(ev("container", "start"), P) is None
     assert relevant_container(ev("network", "connect", container="c1"), P) == "c1"
     assert relevant_container(ev("network", "create"), P) is None
