@@ -4,9 +4,10 @@
 
 Everything is real: the local dockerd, containers of a made-up Compose project
 (``com.docker.compose.project=<unique>`` on plain containers, an ``internal`` transit
-network), the bus broker, the discovery worker and the nat-writer started through the
-runner like supervisord does, the nat-writer writing nftables in the network namespace
-of the container playing anchord, and a LAN namespace made here with a client.
+network), the bus broker, the discovery, nat-writer and conntrack-flusher workers
+started through the runner like supervisord does, the nat-writer writing nftables in
+the network namespace of the container playing anchord, and a LAN namespace made here
+with a client.
 
     LAN ns (made here)           "anchord" container ns            backend container "web"
     eth0 192.0.2.10 ──veth── anchord-ext 192.0.2.50 (project)   tcp/80: a small server
@@ -265,6 +266,8 @@ def rig(api: docker.APIClient, work: Path, logs: Path,
         watch = NatWatch(run_dir)
         stack.callback(watch.close)
         programs.start("nat-writer", pid)
+        # Flows of a vanished backend would stick to it otherwise (a retried SYN included).
+        programs.start("conntrack-flusher", pid)
         programs.start("discovery", pid)
         yield proj, topo, transit, watch
 
@@ -319,8 +322,11 @@ class SizeResult:
     outage: list[float] = field(default_factory=list)
     backend_down: list[float] = field(default_factory=list)
     map_wait: list[float] = field(default_factory=list)
+    # first success - (server ready and map committed): the client's own retry, timeouts
+    client: list[float] = field(default_factory=list)
     moved: int = 0
     restarts: int = 0
+    timeouts: int = 0  # restarts during which a client attempt timed out (after 2 s)
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
@@ -336,6 +342,11 @@ def transition(watch: NatWatch, after: int, predicate: Callable[[NatApplied], bo
         if sent is not None:
             result.discovery.append(sent - ev.event_time)
     return ts, ev
+
+
+def timed_out(loop: Stream, start: float, end: float) -> bool:
+    return any(start <= t <= end and rest in ("fail timeout", "fail TimeoutError")
+               for t, rest in loop.records())
 
 
 def outage_around(loop: Stream, t_kill: float, t_after: float) -> tuple[float, float] | None:
@@ -382,9 +393,11 @@ def measure(api: docker.APIClient, web: WebBackend, watch: NatWatch, loop: Strea
             continue
         assert gap is not None
         last_ok, first_ok = gap
+        result.timeouts += timed_out(loop, last_ok, first_ok)
         result.outage.append(first_ok - last_ok)
         result.backend_down.append(t_ready - t_kill)
         result.map_wait.append(max(0.0, ts_up - t_ready))
+        result.client.append(first_ok - max(t_ready, ts_up))
     return result
 
 
@@ -423,10 +436,15 @@ def report(results: list[SizeResult]) -> None:
                   f"{statistics.median(r.latency) / statistics.median(base.latency):.2f}x / "
                   f"{pct(r.latency, .99) / pct(base.latency, .99):.2f}x")
     print()
-    print("outage a LAN client sees per backend restart (ms): "
-          "the gap, the backend's own down time, the map's share")
+    print("outage a LAN client sees per backend restart (ms): the gap (last success before ->")
+    print("  first after), the backend's own down time (stop requested -> its server listens "
+          "again),")
+    print("  the map's share (new address committed after the server was ready, else 0), the "
+          "client's")
+    print("  (server ready and map committed -> its first success: its next try, its timeouts)")
     print(f"{'elements':>9} {'n':>5}   {'gap p50':>8} {'gap p99':>8} {'gap max':>8}   "
-          f"{'down p50':>8} {'down p99':>8}   {'map p50':>8} {'map p99':>8} {'map max':>8}")
+          f"{'down p50':>8} {'down p99':>8}   {'map p50':>8} {'map p99':>8} {'map max':>8}"
+          f"   {'client p50':>10} {'client p99':>10}   client timeouts")
     for r in results:
         if not r.outage:
             print(f"{r.size:>9} {0:>5}   (no outage measured)")
@@ -434,7 +452,8 @@ def report(results: list[SizeResult]) -> None:
         print(f"{r.size:>9} {len(r.outage):>5}   {ms(pct(r.outage, .5))} "
               f"{ms(pct(r.outage, .99))} {ms(max(r.outage))}   {ms(pct(r.backend_down, .5))} "
               f"{ms(pct(r.backend_down, .99))}   {ms(pct(r.map_wait, .5))} "
-              f"{ms(pct(r.map_wait, .99))} {ms(max(r.map_wait))}")
+              f"{ms(pct(r.map_wait, .99))} {ms(max(r.map_wait))}   {ms(pct(r.client, .5)):>10} "
+              f"{ms(pct(r.client, .99)):>10}   {r.timeouts}/{len(r.outage)}")
 
 
 def main() -> None:
