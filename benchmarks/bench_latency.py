@@ -344,23 +344,33 @@ def transition(watch: NatWatch, after: int, predicate: Callable[[NatApplied], bo
     return ts, ev
 
 
+def attempts(loop: Stream) -> list[tuple[float, float, str]]:
+    """The client's attempts: (start, end, result) from ``<start> <result> @<end>`` lines."""
+    out = []
+    for t, rest in loop.records():
+        result, _, end = rest.rpartition(" @")
+        out.append((t, float(end), result))
+    return out
+
+
 def timed_out(loop: Stream, start: float, end: float) -> bool:
-    return any(start <= t <= end and rest in ("fail timeout", "fail TimeoutError")
-               for t, rest in loop.records())
+    return any(start <= t <= end and result in ("fail timeout", "fail TimeoutError")
+               for t, _, result in attempts(loop))
 
 
 def outage_around(loop: Stream, t_kill: float, t_after: float) -> tuple[float, float] | None:
-    """(last success before ``t_kill``, first success at or after ``t_after``) of the client."""
-    records = loop.records()
-    before = [t for t, rest in records if t < t_kill and rest.startswith("ok ")]
-    after = [t for t, rest in records if t >= t_after and rest.startswith("ok web")]
+    """(last success completed before ``t_kill``, first success completed by an attempt
+    started at or after ``t_after``) of the client: what it saw, retried SYNs included."""
+    records = attempts(loop)
+    before = [end for _, end, result in records if end < t_kill and result.startswith("ok ")]
+    after = [end for t, end, result in records if t >= t_after and result.startswith("ok web")]
     if not before or not after:
         return None
-    return before[-1], after[0]
+    return max(before), min(after)
 
 
 def measure(api: docker.APIClient, web: WebBackend, watch: NatWatch, loop: Stream, size: int,
-            restarts: int) -> SizeResult:
+            restarts: int, verbose: bool = False) -> SizeResult:
     result = SizeResult(size=size, load=os.getloadavg())
     after = watch.latest
     for i in range(restarts):
@@ -401,6 +411,11 @@ def measure(api: docker.APIClient, web: WebBackend, watch: NatWatch, loop: Strea
         result.backend_down.append(ready - t_kill)
         result.map_wait.append(max(0.0, ts_up - ready))
         result.client.append(first_ok - max(ready, ts_up))
+        if verbose:
+            print(f"  restart {i}: {web.addresses[-1]}, gap {ms(first_ok - last_ok)}, down "
+                  f"{ms(ready - t_kill)}, map committed {ms(ts_up - ready)} after ready, "
+                  f"{ms(ts_up - ev.event_time)} after its event, client {ms(first_ok - ready)}",
+                  flush=True)
     return result
 
 
@@ -465,6 +480,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,1000,10000", help="map elements, ascending")
     parser.add_argument("--pause", type=float, default=0.01,
                         help="seconds between the client's connection attempts")
+    parser.add_argument("--verbose", action="store_true", help="one line per restart")
     parser.add_argument("--logs", default="", help="keep the workers' logs in this directory")
     parser.add_argument("--log-level", default="warn", help="the workers' ANCHORD_LOG_LEVEL")
     parser.add_argument("--ranges", action="store_true",
@@ -505,7 +521,7 @@ def main() -> None:
                 watch.wait(filled, 0, timeout=300, what=f"{size} elements in the map")
                 wait_until(serving, 30, what="the client through to the backend")
                 print(f"{size} elements applied; {args.restarts} restarts ...", flush=True)
-                results.append(measure(api, web, watch, loop, size, args.restarts))
+                results.append(measure(api, web, watch, loop, size, args.restarts, args.verbose))
                 r = results[-1]
                 print(f"  event-to-map p50 {ms(pct(r.latency, .5)).strip()} ms, p99 "
                       f"{ms(pct(r.latency, .99)).strip()} ms", flush=True)

@@ -179,11 +179,13 @@ while True:
     try:
         s.connect((addr, port))
         line = s.makefile().readline().strip()
-        print(f"{t:.6f} ok {line}" if line else f"{t:.6f} fail empty", flush=True)
+        result = f"ok {line}" if line else "fail empty"
     except OSError as exc:
-        print(f"{t:.6f} fail {type(exc).__name__}", flush=True)
+        result = f"fail {type(exc).__name__}"
     finally:
         s.close()
+    # Start and end of the attempt: a SYN retransmitted after a second ends much later.
+    print(f"{t:.6f} {result} @{time.time():.6f}", flush=True)
     time.sleep(pause)
 """
 
@@ -314,7 +316,10 @@ class Stream:
 
 
 def tcp_loop(ns: Netns, addr: str, port: int, pause: float = 0.0) -> Stream:
-    """A client connecting in a loop, ``pause`` s between attempts (0: a tight loop)."""
+    """A client connecting in a loop, ``pause`` s between attempts (0: a tight loop).
+
+    One line per attempt: ``<start> ok <answer> @<end>`` or ``<start> fail <error> @<end>``.
+    """
     return Stream(ns, TCP_LOOP, addr, str(port), str(pause))
 
 
