@@ -34,6 +34,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from anchord.spans import Spans
 from bus.events import Backend, BackendGroup, Rejection, group_entries
 
 EXPOSE_LABEL = "anchord.expose"
@@ -158,21 +159,25 @@ _Order = tuple[int, int]
 class _Held:
     """Port ranges already taken, each with an owner, answering "what overlaps?" fast.
 
-    A label (or a project) may hold thousands of single ports: single ports sit in a
-    dict by (proto, port), ranges in a list (they are few), so a lookup costs
-    O(ranges + length of the range asked about) instead of O(everything held), and a
-    label of single ports that overlaps nothing is added in one C-level update.
+    A label (or a project) may hold thousands of ports: single ports sit in a dict by
+    (proto, port), ranges in a sorted index per proto (``anchord.spans``), so a lookup
+    costs O(log ranges + length of the range asked about) instead of O(everything
+    held), and a label of single ports that overlaps nothing is added in one C-level
+    update.
     """
 
     def __init__(self) -> None:
         # (proto, port) -> (container order, owner, the owner's positions by port)
         self._singles: dict[tuple[str, int], tuple[int, str, dict[tuple[str, int], int]]] = {}
-        self._ranges: list[tuple[_Order, PortRange, str]] = []
+        self._spans: dict[str, Spans] = {}  # proto -> the ranges held
+        self._ranges: dict[tuple[str, int], tuple[_Order, PortRange, str]] = {}  # by start
         self._next = 0
 
     def first_overlap(self, pr: PortRange) -> tuple[PortRange, str] | None:
         """The earliest held range overlapping ``pr`` and its owner, or None."""
-        hits = [h for h in self._ranges if h[1].overlaps(pr)]
+        spans = self._spans.get(pr.proto)
+        hits = [self._ranges[(pr.proto, a)]
+                for a, _ in (spans.overlapping(pr.first, pr.last) if spans else ())]
         if self._singles:
             get = self._singles.get
             for p in (pr.first,) if pr.first == pr.last else range(pr.first, pr.last + 1):
@@ -189,15 +194,25 @@ class _Held:
     def overlaps_any(self, parsed: _Parsed) -> bool:
         if not self._singles.keys().isdisjoint(parsed.singles):
             return True
-        if any(parsed.covers_single(pr) for _, pr, _ in self._ranges):
-            return True
+        for proto, ports in parsed.ports.items():
+            spans = self._spans.get(proto)
+            if not spans:
+                continue
+            # Whichever is fewer is walked, the other bisected.
+            if len(spans) <= len(ports):
+                if any(parsed.covers_single(PortRange(proto, a, b)) for a, b in spans):
+                    return True
+            elif any(spans.overlapping(p, p) for p in ports):
+                return True
         return any(self.first_overlap(pr) is not None for _, pr in parsed.spans)
 
     def add(self, parsed: _Parsed, owner: str) -> None:
         """Hold every range of ``parsed`` (which must overlap nothing held) for ``owner``."""
         order, self._next = self._next, self._next + 1
         self._singles.update(dict.fromkeys(parsed.singles, (order, owner, parsed.singles)))
-        self._ranges.extend(((order, i), pr, owner) for i, pr in parsed.spans)
+        for i, pr in parsed.spans:
+            self._spans.setdefault(pr.proto, Spans()).add(pr.first, pr.last)
+            self._ranges[(pr.proto, pr.first)] = ((order, i), pr, owner)
 
 
 def parse_v6(value: str | None) -> bool:

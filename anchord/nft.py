@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from anchord.spans import Spans
 from bus.events import Backend, BackendGroup, EntryCount, StaleBackend, group_entries
 
 log = logging.getLogger(__name__)
@@ -123,9 +124,9 @@ class Diff:
         return bool(self.add or self.remove or self.change)
 
 
-# (family, proto) -> the port ranges (first < last) of a table: the few keys a port
-# lookup cannot find by itself.
-Ranges = dict[tuple[int, str], list[tuple[int, int]]]
+# (family, proto) -> the port ranges (first < last) of a table: the keys a port lookup
+# cannot find by itself, indexed (a table may hold thousands).
+Ranges = dict[tuple[int, str], Spans]
 
 
 def desired_from(entries: Iterable[Backend]) -> tuple[Desired, list[str]]:
@@ -175,14 +176,15 @@ def _admit(e: Backend, table: Desired, ranges: Ranges,
         return "overlaps an earlier entry"
     table[(e.family, e.proto, e.first, e.last)] = addr
     if e.first != e.last:
-        ranges.setdefault((e.family, e.proto), []).append((e.first, e.last))
+        ranges.setdefault((e.family, e.proto), Spans()).add(e.first, e.last)
     return ""
 
 
 def _overlaps(table: Mapping[Key, str], ranges: Ranges, family: int, proto: str,
               first: int, last: int) -> bool:
     """Whether a key of ``table`` (whose ranges are ``ranges``) shares a port with first-last."""
-    if any(a <= last and first <= b for a, b in ranges.get((family, proto), ())):
+    spans = ranges.get((family, proto))
+    if spans is not None and spans.overlapping(first, last):
         return True
     if first == last:
         return (family, proto, first, first) in table
@@ -193,7 +195,7 @@ def _ranges_of(table: Mapping[Key, str]) -> Ranges:
     ranges: Ranges = {}
     for fam, proto, first, last in table:
         if first != last:
-            ranges.setdefault((fam, proto), []).append((first, last))
+            ranges.setdefault((fam, proto), Spans()).add(first, last)
     return ranges
 
 
@@ -270,8 +272,9 @@ def stale_backends(applied: Mapping[Key, str], desired: Mapping[Key, str],
     out = []
     for (fam, proto, first, last), addr in gone:
         # What the same address still serves within first-last: looked up, not scanned.
-        holes = [(a, b) for a, b in ranges.get((fam, proto), ())
-                 if a <= last and first <= b and desired.get((fam, proto, a, b)) == addr]
+        spans = ranges.get((fam, proto))
+        holes = [(a, b) for a, b in (spans.overlapping(first, last) if spans else ())
+                 if desired.get((fam, proto, a, b)) == addr]
         holes.extend((p, p) for p in range(first, last + 1)
                      if desired.get((fam, proto, p, p)) == addr)
         holes.sort()
@@ -569,13 +572,13 @@ class NatTables:
             # A repeated entry is an overlap desired_from reports: only the full path.
             if small and len(set(arrived)) == len(arrived):
                 table = dict(self.applied)
-                ranges = {fp: list(spans) for fp, spans in self._ranges.items()}
+                ranges = {fp: spans.copy() for fp, spans in self._ranges.items()}
                 touched = set()
                 for e in gone:
                     key = (e.family, e.proto, e.first, e.last)
                     del table[key]
                     if e.first != e.last:
-                        ranges[(e.family, e.proto)].remove((e.first, e.last))
+                        ranges[(e.family, e.proto)].remove(e.first, e.last)
                     touched.add(key)
                 addresses: dict[tuple[int, str], str | None] = {}
                 if not any(_admit(e, table, ranges, addresses) for e in came):

@@ -220,3 +220,18 @@ def test_an_unchanged_container_keeps_the_same_group_objects() -> None:
     (big_2,) = (g for g in second.groups if g.container == "big")
     assert big_1 is big_2 and len(big_1.ports) == 5000
     assert [g.address for g in second.groups if g.container == "web"] == ["10.0.0.3"]
+
+
+def test_thousands_of_ranges_conflicts_name_the_earliest_holder() -> None:
+    a = view("a", ",".join(f"udp/{p}-{p + 1}" for p in range(10000, 16000, 3)),
+             created="2026-01-01T00:00:01Z", v4="10.0.0.1")
+    b = view("b", "udp/12001,udp/20000-20010,udp/15990-16100", created="2026-01-01T00:00:02Z",
+             v4="10.0.0.2")
+    t = build_table([b, a], "t")
+    assert len(t.entries) == 2000 + 1
+    assert [r.reason for r in t.rejections] == [
+        "udp/12001 of container b conflicts with udp/12001-12002 of container a, created "
+        "earlier, which keeps it",
+        "udp/15990-16100 of container b conflicts with udp/15991-15992 of container a, created "
+        "earlier, which keeps it",
+    ]
