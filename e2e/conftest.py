@@ -146,10 +146,7 @@ def compose(anchord_image: str, request: pytest.FixtureRequest) -> Iterator[Comp
 
     yield make
 
-    failed = any(
-        getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
-        for when in ("setup", "call")
-    )
+    failed = harness.node_failed(request.node)
     for project in projects:
         if failed:
             print(project.dump())  # shown under "Captured stdout teardown"

@@ -60,10 +60,7 @@ def new_stack(
         return stack
 
     yield make
-    failed = any(
-        getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
-        for when in ("setup", "call")
-    )
+    failed = harness.node_failed(request.node)
     for stack in stacks:
         if failed:
             print(stack.project.dump())
