@@ -58,6 +58,14 @@ class Lease:
     identifier: str  # MAC (v4) or IAID (v6)
 
 
+def reply(result: dict[str, Any]) -> dict[str, Any]:
+    """The server's JSON answer in a ``lantool.py query`` result; fails the test if none."""
+    assert "reply" in result, result
+    answer = result["reply"]
+    assert isinstance(answer, dict), result
+    return answer
+
+
 def parse_leases(text: str) -> list[Lease]:
     """dnsmasq's lease file: v4 rows ``expiry mac ip host clientid``, then after a ``duid``
     line v6 rows ``expiry iaid ip host duid``."""

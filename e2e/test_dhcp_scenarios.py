@@ -25,7 +25,7 @@ import pytest
 from e2e import dhcp_support
 from e2e.dhcp_support import APP_PORT, ECHO_PORT, LAN_V4, LAN_V6, DhcpBed, Project, eui64
 from e2e.harness import node_failed, wait_until
-from e2e.stack_support import CLIENT_V4, CLIENT_V6
+from e2e.stack_support import CLIENT_V4, CLIENT_V6, reply
 
 SERVERS = ("dnsmasq", "kea")
 MODES = ("v4", "slaac", "both", "none", "stateful")
@@ -54,13 +54,6 @@ def testbed(
     failed = node_failed(request.node)
     for bed in beds:
         bed.close(failed)
-
-
-def reply(result: dict[str, Any]) -> dict[str, Any]:
-    assert "reply" in result, result
-    answer = result["reply"]
-    assert isinstance(answer, dict), result
-    return answer
 
 
 def same_ip(a: str, b: str) -> bool:

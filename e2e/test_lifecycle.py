@@ -21,14 +21,13 @@ web-anchor's namespace for the long-lived stream). All traffic stays on the proj
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
 from e2e import harness, stack_support
 from e2e import lifecycle_support as ls
 from e2e.harness import json_log_lines, supervisor_pid, wait_until
-from e2e.stack_support import CLIENT_V4, CLIENT_V6, Stack
+from e2e.stack_support import CLIENT_V4, CLIENT_V6, Stack, reply
 
 # supervisorctl restart order of S-10 (the brief's order; the bus first).
 PROGRAMS = ("bus", "discovery", "dhcp", "nat-writer", "conntrack-flusher", "metrics")
@@ -68,13 +67,6 @@ def new_stack(
         # under test here (S-6 is), so Docker's 10 s wait per container is not needed.
         stack.project.compose("down", "-v", "--remove-orphans", "-t", "2", check=False,
                               timeout=120)
-
-
-def reply(result: dict[str, Any]) -> dict[str, Any]:
-    assert "reply" in result, result
-    answer = result["reply"]
-    assert isinstance(answer, dict), result
-    return answer
 
 
 def v6_lease(stack: Stack) -> str:

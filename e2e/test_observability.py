@@ -120,6 +120,16 @@ def answered(stack: Stack, url: str, via: str = "scraper") -> dict[str, Any] | N
     return result if "status" in result else None
 
 
+def healthz_from_scraper(stack: Stack, host: str) -> dict[str, Any]:
+    """``host``:9090/healthz as the scraper gets it, once the listener answers."""
+    return wait_until(
+        lambda: answered(stack, f"http://{host}:9090/healthz"),
+        60,
+        interval=0.5,
+        message=f"{host}:9090/healthz answering the scraper",
+    )
+
+
 def samples(text: str) -> Samples:
     """{(sample name, sorted labels): value} of a Prometheus text exposition."""
     found = {}
@@ -181,13 +191,7 @@ def test_gated_app_starts_only_after_the_route_exists(stack: Stack) -> None:
 def test_metrics_health_and_readiness_scraped_from_another_container(stack: Stack) -> None:
     """anchord:9090 from another container: /healthz, /readyz, F-19 families, sane values."""
     # `compose up` returned once the gated app started: anchord's workers may still be starting.
-    healthz = wait_until(
-        lambda: answered(stack, "http://anchord:9090/healthz"),
-        60,
-        interval=0.5,
-        message="anchord:9090/healthz answering the scraper",
-    )
-    assert healthz == {"status": 200, "body": "ok\n"}
+    assert healthz_from_scraper(stack, "anchord") == {"status": 200, "body": "ok\n"}
     wait_until(
         lambda: get(stack, "http://anchord:9090/readyz") == {"status": 200, "body": "ready\n"},
         60,
@@ -227,13 +231,7 @@ def test_metrics_health_and_readiness_scraped_from_another_container(stack: Stac
 
 def test_service_anchor_listener_scraped_from_another_container(stack: Stack) -> None:
     """A service-anchor's own :9090 from another container: ready, route present, counts."""
-    healthz = wait_until(
-        lambda: answered(stack, "http://web-anchor:9090/healthz"),
-        60,
-        interval=0.5,
-        message="web-anchor:9090/healthz answering the scraper",
-    )
-    assert healthz == {"status": 200, "body": "ok\n"}
+    assert healthz_from_scraper(stack, "web-anchor") == {"status": 200, "body": "ok\n"}
     assert get(stack, "http://web-anchor:9090/readyz") == {"status": 200, "body": "ready\n"}
     found = scrape(stack, "web-anchor")
     info = [dict(labels) for (name, labels) in found if name == "anchord_build_info"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -36,6 +35,7 @@ from e2e.realhost_support import (
     remove_stale,
     start_project,
 )
+from e2e.stack_support import reply
 
 SCENARIO = "F-6d"  # for the scenario report (e2e/conftest.py)
 
@@ -61,13 +61,6 @@ def realhost(anchord_image: str, request: pytest.FixtureRequest) -> Iterator[Rea
             started.project.down()
     finally:
         lan.close()
-
-
-def reply(result: dict[str, Any]) -> dict[str, Any]:
-    assert "reply" in result, result
-    answer = result["reply"]
-    assert isinstance(answer, dict), result
-    return answer
 
 
 def test_lease_comes_from_the_host_lans_dhcp_server(realhost: RealHostProject) -> None:

@@ -25,7 +25,7 @@ import pytest
 
 from e2e import stack_support
 from e2e.harness import parse_supervisor_status, wait_until
-from e2e.stack_support import CLIENT_V4, CLIENT_V6, Stack
+from e2e.stack_support import CLIENT_V4, CLIENT_V6, Stack, reply
 
 # SPEC S-1: reachable from another LAN host within 10 s of `compose up` returning. Measured
 # on the 2-core test VM: 3.4-8 s at load average <= 5, but 9.5-24 s while other Compose runs
@@ -77,13 +77,6 @@ def v6(stack: Stack) -> str:
         message=f"tcp/8080 answering on the project's IPv6 address {address}",
     )
     return address
-
-
-def reply(result: dict[str, Any]) -> dict[str, Any]:
-    assert "reply" in result, result
-    answer = result["reply"]
-    assert isinstance(answer, dict), result
-    return answer
 
 
 def test_s1_cold_start_reachable_and_lease_names_the_project(
