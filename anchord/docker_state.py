@@ -222,9 +222,9 @@ class DockerApi:
         except _API_ERRORS as exc:
             raise self._fail(exc) from exc
 
-    def network_labels(self, network_id: str) -> dict[str, str] | None:
+    def network_facts(self, network_id: str) -> NetworkFacts | None:
         try:
-            return dict(self._api().inspect_network(network_id).get("Labels") or {})
+            return network_facts(self._api().inspect_network(network_id))
         except docker.errors.NotFound:
             return None
         except DockerUnavailable:
@@ -535,6 +535,33 @@ def find_self(
                   f"name {host!r}")
 
 
+# The bridge driver option that keeps the host's IPv4 address off a network's bridge.
+INHIBIT_IPV4_OPTION = "com.docker.network.bridge.inhibit_ipv4"
+# The spellings of true that Docker's option parser (Go's strconv.ParseBool) accepts.
+_GO_TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
+
+
+@dataclass(frozen=True)
+class NetworkFacts:
+    """What discovery needs to know of one Docker network besides its containers."""
+
+    labels: Mapping[str, str]
+    internal: bool
+    # The bridge carries no address of the host's (``inhibit_ipv4``): the IPAM gateway that
+    # Docker gives every container as its default route is nobody's until anchord claims it.
+    gateway_free: bool
+
+
+def network_facts(doc: Mapping[str, Any]) -> NetworkFacts:
+    """Read a network inspect document."""
+    options = doc.get("Options") or {}
+    return NetworkFacts(
+        labels=dict(doc.get("Labels") or {}),
+        internal=bool(doc.get("Internal")),
+        gateway_free=str(options.get(INHIBIT_IPV4_OPTION, "")) in _GO_TRUE,
+    )
+
+
 def network_alias(name: str, labels: Mapping[str, str] | None, project: str) -> str:
     """The network's name in the compose file: its compose label, else ``<project>_`` stripped."""
     if labels and labels.get(NETWORK_LABEL):
@@ -543,9 +570,12 @@ def network_alias(name: str, labels: Mapping[str, str] | None, project: str) -> 
     return name[len(prefix):] if name.startswith(prefix) else name
 
 
-def attachments(self_info: Inspect, aliases: Mapping[str, str]) -> tuple[NetworkAttachment, ...]:
-    """The anchord container's networks, with the MAC and addresses it has on each."""
+def attachments(self_info: Inspect, aliases: Mapping[str, str],
+                claim: Iterable[str] = ()) -> tuple[NetworkAttachment, ...]:
+    """The anchord container's networks, with the MAC and addresses it has on each; for the
+    networks named in ``claim``, the IPv4 gateway Docker gave them (anchord's to take)."""
     result = []
+    claimed = set(claim)
     for name, net in sorted(networks_of(self_info).items()):
         result.append(NetworkAttachment(
             network=name,
@@ -553,6 +583,7 @@ def attachments(self_info: Inspect, aliases: Mapping[str, str]) -> tuple[Network
             mac=str(net.get("MacAddress") or "").lower(),
             ipv4=str(net.get("IPAddress") or ""),
             ipv6=str(net.get("GlobalIPv6Address") or ""),
+            gateway=str(net.get("Gateway") or "") if name in claimed else "",
         ))
     return tuple(result)
 

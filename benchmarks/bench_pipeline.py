@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from anchord.config import NetworkAnchorConfig
+from anchord.docker_state import NetworkFacts
 from anchord.nft import NatTables
 from bus import codec
 from bus.events import BackendsDesired
@@ -71,7 +72,9 @@ def discovery(size: int) -> Discovery:
     config = NetworkAnchorConfig(project=PROJECT, vlan_parent="lan",
                                  docker_host="unix:///nonexistent")
     d = Discovery(config, hostname="x", macs=lambda: {SELF_MAC})
-    d._aliases = {TRANSIT: "transit"}  # no Docker: the network alias is known
+    # No Docker: the network's facts are known.
+    d._networks = {TRANSIT: NetworkFacts(labels={"com.docker.compose.network": "transit"},
+                                         internal=True, gateway_free=False)}
     d.cache["self" * 16] = inspect("self" * 16, "anchord", "10.0.0.2", None, SELF_MAC)
     fillers = size - 1
     port = FIRST_PORT

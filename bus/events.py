@@ -183,6 +183,9 @@ class NetworkAttachment:
     mac: str
     ipv4: str = ""
     ipv6: str = ""
+    # The network's IPv4 gateway when anchord takes it over (the transit network whose bridge
+    # has no host address): every container on it then routes through anchord from its start.
+    gateway: str = ""
 
 
 @dataclass(frozen=True)

@@ -111,15 +111,32 @@ def build_image(tag: str = IMAGE, timeout: float = 900.0) -> None:
 
 
 def ensure_bridge_nf_call_off() -> None:
-    """Keep bridged frames out of iptables (see e2e/prepare-host.sh for why).
+    """Keep bridged frames out of iptables, for a LAN simulated on a Docker bridge (see
+    e2e/prepare-host.sh for why).
 
     The kernel's default is 1; prepare-host sets 0 once, this re-asserts it before each project
-    in case something (a restarted dockerd, a reloaded module) put it back.
+    in case something (a restarted dockerd, a reloaded module, a real-host test) put it back.
     """
+    set_bridge_nf_call(0)
+
+
+def set_bridge_nf_call(value: int) -> None:
+    """Set net.bridge.bridge-nf-call-ip(6)tables. The real-host topology is tested at 1, the
+    value dockerd leaves on every stock host (it loads br_netfilter); only a LAN simulated on
+    a Docker bridge needs 0."""
     for name in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
         path = Path("/proc/sys/net/bridge") / name
-        if path.exists() and path.read_text().strip() != "0":
-            path.write_text("0\n")
+        if path.exists() and path.read_text().strip() != str(value):
+            path.write_text(f"{value}\n")
+
+
+def bridge_nf_call() -> tuple[int, int]:
+    """The current (iptables, ip6tables) values; (-1, -1) without br_netfilter."""
+    values = []
+    for name in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
+        path = Path("/proc/sys/net/bridge") / name
+        values.append(int(path.read_text()) if path.exists() else -1)
+    return values[0], values[1]
 
 
 def stale_projects(prefix: str = PROJECT_PREFIX) -> set[str]:
@@ -214,12 +231,16 @@ class ComposeProject:
     """One Compose project of one test: ``docker compose -p NAME -f FILE ...``.
 
     ``env`` is given to Compose for variable interpolation in the file (the image tag as
-    ``ANCHORD_IMAGE`` is always there). Call ``down`` in teardown (the fixture does).
+    ``ANCHORD_IMAGE`` is always there). ``bridge_nf_call`` is the host's
+    bridge-nf-call-ip(6)tables while the project runs: 0 for a LAN simulated on a Docker
+    bridge, 1 (a stock Docker host) for the real-host topology. Call ``down`` in teardown (the
+    fixture does).
     """
 
     compose_file: Path
     name: str
     env: dict[str, str] = field(default_factory=dict)
+    bridge_nf_call: int = 0
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -242,7 +263,7 @@ class ComposeProject:
 
     def up(self, *services: str, timeout: float = 180.0) -> None:
         """Create and start (detached). Networks are created before any container starts."""
-        ensure_bridge_nf_call_off()
+        set_bridge_nf_call(self.bridge_nf_call)
         self.compose("up", "-d", "--no-build", "--pull", "never", *services, timeout=timeout)
 
     def down(self, timeout: float = 120.0) -> None:

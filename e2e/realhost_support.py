@@ -5,7 +5,8 @@ namespace (``ip netns add``) joined to the host (root) namespace by a veth pair,
 ``arh<random>`` plays the VLAN parent (``eth0.42``); dnsmasq serving DHCPv4 on the LAN end
 (lease file and log in a temporary directory); a TCP/UDP listener in the LAN namespace that
 answers with the peer address (the egress target, ``lantool.py serve`` run by the host's
-Python); queries from the LAN namespace (``lantool.py query``); a handle of the host's network
+Python); router advertisements (dnsmasq, SLAAC) of an IPv6 prefix of the LAN's own; queries
+from the LAN namespace (``lantool.py query``); a handle of the host's network
 namespace made with ``ip netns attach`` (PID 1's namespace file cannot be opened on these
 machines), which the compose file mounts read-only as anchord's ``/run/host-netns/net``.
 Also starting the project of e2e/compose/realhost/compose.yaml against all that, and
@@ -41,6 +42,8 @@ LANTOOL = harness.COMPOSE_DIR / "demo" / "lan" / "lantool.py"
 # the project's macvlan child, so a fixed prefix collides with nothing.
 LAN_PREFIX = "10.88.0"
 LAN_ADDRESS = f"{LAN_PREFIX}.1"
+LAN_PREFIX6 = "fd88:0:0:1"  # a /64 announced for SLAAC
+LAN_ADDRESS6 = f"{LAN_PREFIX6}::1"
 # Long enough that dnsmasq never rewrites its lease file for a renewal (T1 = 5 min) while the
 # module runs: the tests read that file.
 LEASE_TIME = "10m"
@@ -139,6 +142,8 @@ class RealHostLan:
         Path(f"/proc/sys/net/ipv6/conf/{self.parent}/disable_ipv6").write_text("1\n")
         ip("link", "set", self.parent, "up")
         ip("-n", self.lan_ns, "addr", "add", f"{LAN_ADDRESS}/24", "dev", self.lan_iface)
+        ip("-n", self.lan_ns, "addr", "add", f"{LAN_ADDRESS6}/64", "dev", self.lan_iface,
+           "nodad")
         ip("-n", self.lan_ns, "link", "set", self.lan_iface, "up")
         ip("netns", "attach", self.host_handle_name, str(os.getpid()))
         if os.stat(self.host_handle).st_ino != os.stat(f"/proc/{os.getpid()}/ns/net").st_ino:
@@ -163,6 +168,8 @@ class RealHostLan:
             "--bind-interfaces", "--conf-file=/dev/null", f"--pid-file={self.tmp}/dnsmasq.pid",
             f"--dhcp-range={LAN_PREFIX}.100,{LAN_PREFIX}.150,255.255.255.0,{LEASE_TIME}",
             f"--dhcp-leasefile={self.leasefile}", "--log-dhcp", "--log-facility=-", "--no-ping",
+            "--enable-ra", f"--ra-param={self.lan_iface},4",
+            f"--dhcp-range={LAN_PREFIX6}::,ra-only,64",
         )
         harness.wait_until(
             lambda: proc.poll() is None and "sockets bound exclusively" in self.dnsmasq_log(),
@@ -176,10 +183,11 @@ class RealHostLan:
             "--tcp", str(LISTEN_PORT), "--udp", str(LISTEN_PORT),
         )
         def answering() -> bool:
-            return all("reply" in self.query(proto, LAN_ADDRESS, LISTEN_PORT, 1.0)
-                       for proto in ("tcp", "udp"))
+            return all("reply" in self.query(proto, address, LISTEN_PORT, 1.0)
+                       for proto in ("tcp", "udp") for address in (LAN_ADDRESS, LAN_ADDRESS6))
 
-        harness.wait_until(answering, 15, message=f"the LAN listener on tcp+udp/{LISTEN_PORT}")
+        harness.wait_until(answering, 15,
+                           message=f"the LAN listener on tcp+udp/{LISTEN_PORT}, v4 and v6")
 
     def close(self) -> None:
         for proc in self.procs:
@@ -229,6 +237,12 @@ class RealHostProject:
     address: str = ""
     cold_start_seconds: float = 0.0
 
+    def address6(self) -> str:
+        """The project's IPv6 address (SLAAC) as anchord's status reports it ("" if none)."""
+        status = json.loads(self.exec("anchord", "anchord", "status", "--json"))
+        lease = (status.get("leases") or {}).get("ipv6") or {}
+        return str(lease.get("address") or "").split("/")[0]
+
     @property
     def hostname(self) -> str:
         return self.project.name  # the DHCP hostname is the project name (SPEC F-3)
@@ -262,6 +276,11 @@ class RealHostProject:
         return rows[0]
 
 
+def transit_v6(tag: str) -> str:
+    """A ULA /64 for the transit network, unique per test LAN (Docker refuses overlaps)."""
+    return f"fd{tag[:2]}:{tag[2:6]}:7e57::/64"
+
+
 def start_project(lan: RealHostLan, image: str, lan_image: str,
                   reach_timeout: float = 90.0) -> RealHostProject:
     """Start the compose project against ``lan`` and wait until a LAN host gets an answer
@@ -274,7 +293,9 @@ def start_project(lan: RealHostLan, image: str, lan_image: str,
             "ANCHORD_LAN_IMAGE": lan_image,
             "ANCHORD_HOST_NETNS": lan.host_handle,
             "ANCHORD_REALHOST_PARENT": lan.parent,
+            "ANCHORD_TRANSIT_V6": transit_v6(lan.tag),
         },
+        bridge_nf_call=1,  # a stock Docker host: no host setting changed for anchord
     )
     started = RealHostProject(lan, project)
     try:

@@ -40,7 +40,15 @@ from typing import Any
 import pytest
 
 from e2e import harness, stack_support
-from e2e.realhost_support import LAN_ADDRESS, LAN_PREFIX, LANTOOL, RealHostLan, remove_stale
+from e2e.realhost_support import (
+    LAN_ADDRESS,
+    LAN_ADDRESS6,
+    LAN_PREFIX,
+    LANTOOL,
+    LISTEN_PORT,
+    RealHostLan,
+    remove_stale,
+)
 
 SCENARIO = "README"  # for the scenario report (e2e/conftest.py)
 
@@ -128,8 +136,19 @@ class Example:
         assert result.returncode == 0, f"{command}: exit {result.returncode}\n{result.stderr}"
         return result.stdout
 
-    def lan_query(self, port: int, timeout: float = 2.0) -> dict[str, Any]:
-        return self.lan.query("tcp", self.address, port, timeout)
+    def lan_query(self, port: int, timeout: float = 2.0, address: str = "") -> dict[str, Any]:
+        return self.lan.query("tcp", address or self.address, port, timeout)
+
+    def address6(self) -> str:
+        status = json.loads(self.sh("docker compose exec anchord anchord status --json"))
+        lease = (status.get("leases") or {}).get("ipv6") or {}
+        return str(lease.get("address") or "").split("/")[0]
+
+    def app_query(self, proto: str, host: str, port: int) -> dict[str, Any]:
+        out = self.sh(f"docker compose exec postfix python3 /demo/lantool.py query {proto} "
+                      f"{host} {port} --timeout 5")
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return result
 
 
 def run_in_repo(command: str, timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
@@ -176,8 +195,12 @@ def example(built: dict[str, subprocess.CompletedProcess[str]]) -> Iterator[Exam
     running = Example(lan, name, Path(tempfile.mkdtemp(prefix="anchord-readme-")))
     (running.directory / "compose.yaml").write_text(realhost_example(lan, name))
     project = harness.ComposeProject(running.directory / "compose.yaml", name)
+    # What dockerd leaves on every stock host: bridged frames pass the host's iptables.
+    harness.set_bridge_nf_call(1)
     try:
+        started = time.monotonic()
         running.sh("docker compose up -d", timeout=300)
+        up_seconds = time.monotonic() - started
 
         def reachable() -> bool:
             mine = [x for x in lan.leases() if x.family == 4 and x.hostname == name]
@@ -190,6 +213,8 @@ def example(built: dict[str, subprocess.CompletedProcess[str]]) -> Iterator[Exam
             interval=0.3,
             message="the README example's lease and tcp/25 answering",
         )
+        print(f"README example: `docker compose up -d` returned after {up_seconds:.1f}s, "
+              f"tcp/25 answered {time.monotonic() - started:.1f}s after it was run")
         yield running
     except BaseException:
         print(project.dump())
@@ -228,6 +253,39 @@ def test_realhost_example_serves_every_labelled_port_with_real_sources(example: 
     for port in MAIL_PORTS:
         result = example.lan_query(port)
         assert answered_by_postfix(result, port, LAN_ADDRESS), result
+
+
+def test_realhost_example_runs_on_a_stock_docker_host(example: Example) -> None:
+    """The example runs with bridge-nf-call-ip(6)tables at 1, as Docker leaves every host."""
+    assert harness.bridge_nf_call() == (1, 1)
+
+
+def test_realhost_example_serves_ipv6_with_real_sources(example: Example) -> None:
+    """The example serves the labelled ports on the project's IPv6 address too."""
+    address6 = harness.wait_until(example.address6, 30, interval=0.3,
+                                  message="a SLAAC address for the project")
+    for port in MAIL_PORTS:
+        result = harness.wait_until(
+            lambda p=port: (r := example.lan_query(p, address=address6)).get("reply") and r,
+            30, interval=0.3, message=f"tcp/{port} answering on [{address6}]")
+        assert answered_by_postfix(result, port, LAN_ADDRESS6), result
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_realhost_example_egress_leaves_with_the_project_address(
+    example: Example, proto: str, family: int
+) -> None:
+    """The app's egress reaches a LAN host from the project's own address, v4 and v6."""
+    if family == 4:
+        target, mine = LAN_ADDRESS, example.address
+    else:
+        target = LAN_ADDRESS6
+        mine = harness.wait_until(example.address6, 30, interval=0.3,
+                                  message="a SLAAC address for the project")
+    result = example.app_query(proto, target, LISTEN_PORT)
+    reply = result.get("reply")
+    assert isinstance(reply, dict) and (reply["service"], reply["peer"]) == ("lan", mine), result
 
 
 def _status_json(ex: Example) -> None:
@@ -368,6 +426,9 @@ def _make_demo(ex: Example) -> None:
         ), result.stdout
     finally:
         down = run_in_repo("bash e2e/demo.sh --down", timeout=300, ANCHORD_DEMO_PROJECT=project)
+        # The demo's LAN on a Docker bridge set bridge-nf-call-iptables to 0: back to a stock
+        # host for the example.
+        harness.set_bridge_nf_call(1)
         assert down.returncode == 0, down.stderr
     assert not harness.run(
         ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"]

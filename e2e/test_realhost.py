@@ -28,6 +28,7 @@ import pytest
 from e2e import harness, stack_support
 from e2e.realhost_support import (
     LAN_ADDRESS,
+    LAN_ADDRESS6,
     LAN_PREFIX,
     LISTEN_PORT,
     RealHostLan,
@@ -108,6 +109,63 @@ def test_lan_host_reaches_the_app_and_the_app_sees_its_address(
     answer = reply(result)
     assert (answer["service"], answer["port"]) == ("web", APP_PORT), result
     assert answer["peer"] == LAN_ADDRESS == result["local"], result
+
+
+def test_host_keeps_dockers_bridge_netfilter_settings(realhost: RealHostProject) -> None:
+    """The topology runs at bridge-nf-call-ip(6)tables=1, as on every stock Docker host."""
+    assert harness.bridge_nf_call() == (1, 1)
+
+
+def project_address6(realhost: RealHostProject) -> str:
+    return harness.wait_until(realhost.address6, 30, interval=0.3,
+                              message="a SLAAC address on the project's child")
+
+
+def test_lan_host_reaches_the_app_over_ipv6_with_its_own_address(
+    realhost: RealHostProject,
+) -> None:
+    address6 = project_address6(realhost)
+    result = harness.wait_until(
+        lambda: (r := realhost.lan.query("tcp", address6, APP_PORT, 2.0)).get("reply") and r,
+        30, interval=0.3, message=f"tcp/{APP_PORT} answering on [{address6}]")
+    answer = reply(result)
+    assert (answer["service"], answer["port"]) == ("web", APP_PORT), result
+    assert answer["peer"] == LAN_ADDRESS6 == result["local"], result
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_egress_over_ipv6_leaves_with_the_project_address(
+    realhost: RealHostProject, proto: str
+) -> None:
+    address6 = project_address6(realhost)
+    result = realhost.app_query(proto, LAN_ADDRESS6, LISTEN_PORT)
+    answer = reply(result)
+    assert answer["service"] == "lan", result
+    assert answer["peer"] == address6, result
+
+
+def test_transit_gateway_is_anchords_and_the_host_has_no_address_there(
+    realhost: RealHostProject,
+) -> None:
+    """Docker's gateway on the transit network is anchord's: a container still on Docker's
+    default route leaves through anchord, and the host's bridge has no IPv4 to leave by."""
+    project = realhost.project
+    network = json.loads(harness.run(
+        ["docker", "network", "inspect", f"{project.name}_transit"]).stdout)[0]
+    gateway = next(c["Gateway"] for c in network["IPAM"]["Config"] if "." in c["Subnet"])
+    bridge = "br-" + network["Id"][:12]
+    assert harness.run(["ip", "-4", "-o", "addr", "show", "dev", bridge]).stdout == "", bridge
+    harness.wait_until(
+        lambda: f"inet {gateway}/32" in realhost.exec("anchord", "ip", "-4", "-o", "addr"),
+        15, message=f"anchord holding the transit gateway {gateway}")
+    # Put the app's namespace back on Docker's route (what every container has before its
+    # service-anchor acts): egress still reaches the LAN from the project address.
+    realhost.exec("web-anchor", "ip", "route", "replace", "default", "via", gateway)
+    result = realhost.app_query("tcp", LAN_ADDRESS, LISTEN_PORT)
+    assert reply(result)["peer"] == realhost.address, result
+    # anchord itself routes only through its child: no default route via the transit network.
+    routes = realhost.exec("anchord", "ip", "-4", "route", "show", "default")
+    assert routes.count("default") == 1 and "anchord-ext" in routes, routes
 
 
 def test_port_the_app_serves_but_no_label_exposes_is_refused(realhost: RealHostProject) -> None:

@@ -22,7 +22,7 @@ from typing import Protocol
 from pyroute2 import IPRoute
 
 from anchord.config import NetworkAnchorConfig
-from anchord.dhcp import kernel
+from anchord.dhcp import gateway, kernel
 from anchord.dhcp.leasefile import LeaseFile, StoredLease
 from anchord.dhcp.link import ChildLink, LinkStatus, resolve_parent
 from anchord.dhcp.rawio import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, RawSocket
@@ -199,6 +199,7 @@ class DhcpWorker:
         old = self.status
         status = self.child.ensure(parent)
         self.status = status
+        self._converge_routing(status.index)
         if status.index and (status.created or status.index != old.index or not self.sockets):
             self._open_sockets()
         elif not status.index and self.sockets:
@@ -226,6 +227,17 @@ class DhcpWorker:
             self.v6.restart(why)
         if changed:
             self.bus.state_changed()
+
+    def _converge_routing(self, child_index: int) -> None:
+        """Only the child routes out of this namespace (anchord.dhcp.gateway says why)."""
+        for route in gateway.drop_foreign_defaults(self.ipr, child_index):
+            log.info("removed a default route that bypasses the child", extra={"fields": {
+                "route": route}})
+        claims = [(a.mac, a.gateway) for a in self.network_map.networks] \
+            if self.network_map is not None else []
+        for added in gateway.claim_gateways(self.ipr, claims, self.config.ext_iface):
+            log.info("took the transit network's gateway: its containers route through anchord",
+                     extra={"fields": {"gateway": added}})
 
     def _open_sockets(self) -> None:
         self._close_sockets()

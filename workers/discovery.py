@@ -31,11 +31,13 @@ from collections.abc import Callable, Mapping, Sequence
 
 from anchord.config import NetworkAnchorConfig
 from anchord.docker_state import (
+    INHIBIT_IPV4_OPTION,
     PROJECT_LABEL,
     DockerApi,
     DockerUnavailable,
     EventPump,
     Inspect,
+    NetworkFacts,
     PumpReport,
     attachments,
     choose_transit,
@@ -99,7 +101,8 @@ class Discovery:
         self.pump = EventPump(config.docker_host)
         self.cache: dict[str, Inspect] = {}
         self._foreign: set[str] = set()  # containers of other projects seen in network events
-        self._aliases: dict[str, str] = {}  # network name -> compose name
+        self._networks: dict[str, NetworkFacts] = {}  # by network name, read once each
+        self._open_transit_warned = ""
         self.self_id: str | None = None
         self._self_reason = ""
         self._transit: tuple[str, str] = ("", "")
@@ -317,14 +320,38 @@ class Discovery:
         self._self_reason = reason
         return info
 
-    def _alias(self, name: str, network_id: str) -> str:
-        if name not in self._aliases:
+    def _network(self, name: str, network_id: str) -> NetworkFacts | None:
+        """The facts of one of our networks, read once (None while Docker cannot say)."""
+        if name not in self._networks:
             try:
-                labels = self.api.network_labels(network_id) if network_id else None
+                facts = self.api.network_facts(network_id) if network_id else None
             except DockerUnavailable:
-                return network_alias(name, None, self.config.project)  # try again next time
-            self._aliases[name] = network_alias(name, labels, self.config.project)
-        return self._aliases[name]
+                return None  # try again next time
+            if facts is None:
+                return None
+            self._networks[name] = facts
+        return self._networks[name]
+
+    def _alias(self, name: str, network_id: str) -> str:
+        facts = self._network(name, network_id)
+        return network_alias(name, facts.labels if facts else None, self.config.project)
+
+    def _gateway_claims(self, transit: str, network_id: str) -> tuple[str, ...]:
+        """The transit network's gateway is anchord's to take when no host address is on its
+        bridge; on an ordinary non-internal bridge, egress could leave through the host."""
+        facts = self._network(transit, network_id) if transit else None
+        if facts is None:
+            return ()
+        if facts.gateway_free:
+            return (transit,)
+        if not facts.internal and self._open_transit_warned != transit:
+            self._open_transit_warned = transit
+            log.warning(
+                f"transit network {transit} is not internal and its bridge carries the host's "
+                "address: a container that has not yet routed through anchord can reach the "
+                f"host and leave through Docker's NAT; set {INHIBIT_IPV4_OPTION}: \"true\" "
+                "on it (see the README)", extra={"fields": {"network": transit}})
+        return ()
 
     def _rebuild(self, cause: str) -> None:
         caused_at = self._pending_time if cause == "event" else 0.0
@@ -343,7 +370,9 @@ class Discovery:
             parent = self.config.vlan_parent
             excluded = {n for n, a in aliases.items() if parent in (n, a)}
             transit, reason = choose_transit(self_info, self.cache.values(), excluded)
-            netmap = NetworkMap(networks=attachments(self_info, aliases))
+            claims = self._gateway_claims(
+                transit, str((nets.get(transit) or {}).get("NetworkID") or ""))
+            netmap = NetworkMap(networks=attachments(self_info, aliases, claims))
             if transit:
                 self_v4 = str(nets[transit].get("IPAddress") or "")
                 self_v6 = str(nets[transit].get("GlobalIPv6Address") or "")

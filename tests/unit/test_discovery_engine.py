@@ -14,6 +14,7 @@ import pytest
 from anchord.config import NetworkAnchorConfig
 from anchord.docker_state import (
     DockerUnavailable,
+    NetworkFacts,
     PumpReport,
     choose_transit,
     event_time,
@@ -78,9 +79,11 @@ class FakeApi:
         self.inspects += 1
         return self.docs.get(cid)
 
-    def network_labels(self, network_id: str) -> dict[str, str] | None:
+    def network_facts(self, network_id: str) -> NetworkFacts | None:
         self._check()
-        return {"com.docker.compose.network": network_id.removeprefix("id-proj_")}
+        return NetworkFacts(
+            labels={"com.docker.compose.network": network_id.removeprefix("id-proj_")},
+            internal=True, gateway_free=False)
 
     def close(self) -> None:
         pass
