@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from anchord import config as configmod
 log = logging.getLogger("anchord")
 
 EXIT_CONFIG = 2
+# How long a start without ANCHORD_PROJECT waits for Docker (or its proxy) to name the project.
+SELF_PROJECT_TIMEOUT = 60.0
 
 
 def select_mode(argument: str | None, env: Mapping[str, str]) -> str:
@@ -68,13 +72,64 @@ def main(ctx: click.Context) -> None:
         ctx.invoke(network_anchor if env_mode == "network-anchor" else service_anchor)
 
 
+def _given_project(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """(variable, value) of the variable that names the project, if one does."""
+    for variable in ("ANCHORD_PROJECT", "COMPOSE_PROJECT_NAME"):
+        if env.get(variable, "").strip():
+            return variable, env[variable].strip()
+    return None
+
+
+def _learn_project() -> None:
+    """No variable names the project: take it from this container's Compose label (into the
+    environment the workers inherit), or exit 2 with one line."""
+    from anchord import selfproject
+
+    docker_host = os.environ.get("DOCKER_HOST", "").strip() or configmod.DEFAULT_DOCKER_HOST
+    try:
+        project = selfproject.wait_for_project(docker_host, socket.gethostname(),
+                                               time.monotonic() + SELF_PROJECT_TIMEOUT)
+    except selfproject.SelfUnknown as exc:
+        log.error(f"ANCHORD_PROJECT is not set and Docker did not say which Compose project "
+                  f"this container belongs to within {SELF_PROJECT_TIMEOUT:g} s: {exc}",
+                  extra={"fields": {"variable": "ANCHORD_PROJECT", "value": ""}})
+        sys.exit(EXIT_CONFIG)
+    os.environ["ANCHORD_PROJECT"] = project
+    log.info(f"project {project!r} taken from this container's Compose label",
+             extra={"fields": {"project": project}})
+
+
+def _check_project(cfg: configmod.NetworkAnchorConfig, variable: str) -> None:
+    """A variable naming another project than this container's label: exit 2, one line."""
+    from anchord import selfproject
+
+    try:
+        label = selfproject.own_project(cfg.docker_host, socket.gethostname())
+    except selfproject.SelfUnknown as exc:
+        # Checked again by discovery once Docker answers (its `self` readiness condition).
+        log.debug("could not check the project against this container's label",
+                  extra={"fields": {"why": str(exc)}})
+        return
+    if label != cfg.project:
+        log.error(f"{variable}={cfg.project!r} is not this container's Compose project "
+                  f"{label!r}: nothing would be exposed; set it to {label!r} or remove it",
+                  extra={"fields": {"variable": variable, "value": cfg.project, "label": label}})
+        sys.exit(EXIT_CONFIG)
+
+
 @main.command("network-anchor")
 def network_anchor() -> None:
     """Run the network-anchor: supervisord with the bus, dhcp, discovery, nat-writer,
     conntrack-flusher and metrics workers. One per project."""
+    logsetup.configure("anchord")
+    given = _given_project(os.environ)
+    if given is None:
+        _learn_project()
     cfg = _load("network-anchor")
     if not isinstance(cfg, configmod.NetworkAnchorConfig):
         raise click.UsageError("ANCHORD_MODE says service-anchor")
+    if given is not None:
+        _check_project(cfg, given[0])
     from anchord import supervise
 
     sys.exit(supervise.run(cfg, dict(os.environ)))

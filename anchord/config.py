@@ -150,6 +150,9 @@ def _has_ipv6() -> bool:
     return Path("/proc/net/if_inet6").exists()
 
 
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+
 def derive_mac(project: str) -> str:
     """02:42 (locally administered, unicast) + the first 4 bytes of sha256(project)."""
     digest = hashlib.sha256(project.encode()).digest()[:4]
@@ -260,7 +263,7 @@ def load(env: Mapping[str, str], mode: str | None = None) -> Config:
         dhcp_backoff_max=parse_duration(
             "ANCHORD_DHCP_BACKOFF_MAX", env.get("ANCHORD_DHCP_BACKOFF_MAX", "5m")
         ),
-        docker_host=env.get("DOCKER_HOST", "").strip() or "unix:///var/run/docker.sock",
+        docker_host=env.get("DOCKER_HOST", "").strip() or DEFAULT_DOCKER_HOST,
         state_dir=_path("ANCHORD_STATE_DIR", env.get("ANCHORD_STATE_DIR", "/var/lib/anchord")),
     )
 

@@ -168,6 +168,32 @@ def test_transit_gateway_is_anchords_and_the_host_has_no_address_there(
     assert routes.count("default") == 1 and "anchord-ext" in routes, routes
 
 
+def test_a_project_variable_naming_another_project_is_refused(
+    realhost: RealHostProject, anchord_image: str
+) -> None:
+    """ANCHORD_PROJECT that is not the container's own Compose project: exit 2, one line."""
+    name = f"{realhost.project.name}-wrong"
+    try:
+        harness.run([
+            "docker", "run", "-d", "--name", name, "--cap-add", "NET_ADMIN",
+            "--label", f"com.docker.compose.project={realhost.project.name}",
+            "-e", "ANCHORD_PROJECT=someone-else", "-e", "ANCHORD_VLAN_PARENT=eth0",
+            "-v", "/var/run/docker.sock:/var/run/docker.sock:ro", anchord_image])
+        harness.wait_until(
+            lambda: json.loads(harness.run(["docker", "inspect", name]).stdout)[0]["State"][
+                "Status"] == "exited", 30, message=f"{name} exiting")
+        state = json.loads(harness.run(["docker", "inspect", name]).stdout)[0]["State"]
+        assert state["ExitCode"] == 2, state
+        logs = harness.run(["bash", "-c", f"docker logs {name} 2>&1"]).stdout
+        lines = harness.json_log_lines(logs)
+        assert len(lines) == 1, logs
+        assert lines[0]["message"].startswith(
+            f"ANCHORD_PROJECT='someone-else' is not this container's Compose project "
+            f"'{realhost.project.name}'"), lines
+    finally:
+        harness.run(["docker", "rm", "-f", name], check=False)
+
+
 def test_port_the_app_serves_but_no_label_exposes_is_refused(realhost: RealHostProject) -> None:
     # The app answers udp/8080 too, inside its namespace; only tcp/8080 is labelled.
     result = realhost.lan.query("udp", realhost.address, APP_PORT)

@@ -178,7 +178,15 @@ class Discovery:
     def conditions(self) -> Sequence[Condition]:
         if self.answered:
             detail = "connected" if self.connected else f"reconnecting: {self.last_error}"
-            return (Condition("docker", True, detail),)
+            # Without our own container there is no transit network and nothing to expose:
+            # a wrong project name must not pass for ready with an empty port list.
+            if self.self_id is not None:
+                found = Condition("self", True, f"container {self.self_id[:12]}")
+            else:
+                found = Condition("self", False, (
+                    f"this container is not among the containers of project "
+                    f"{self.config.project!r}: {self._self_reason or 'not looked for yet'}"))
+            return (Condition("docker", True, detail), found)
         return (Condition("docker", False, self.last_error or "no answer from the Docker API yet"),)
 
     def summary(self) -> str:

@@ -186,8 +186,9 @@ def test_api_loss_keeps_the_table_and_recovers() -> None:
     r.d.step()  # poll fails
     assert r.d.desired is before
     assert not r.d.connected and r.d.errors == 2
-    (cond,) = r.d.conditions()
+    cond, found = r.d.conditions()
     assert cond.ok and "reconnecting" in cond.detail
+    assert found.key == "self" and found.ok, found
     assert r.d.counters().connected is False
     # Retries back off, but stay within seconds.
     assert 0 < r.d.timeout() <= 10
@@ -195,6 +196,17 @@ def test_api_loss_keeps_the_table_and_recovers() -> None:
     r.api.down = False
     r.subscribe()
     assert r.d.connected and r.d.desired is not None and r.d.desired.entries == ()
+
+
+def test_not_finding_itself_is_not_ready() -> None:
+    """A wrong project name: Docker answers, anchord is not among the project's containers."""
+    r = Rig(web())
+    r.subscribe()
+    docker, found = r.d.conditions()
+    assert docker.ok and docker.detail == "connected"
+    assert found.key == "self" and not found.ok, found
+    assert "not among the containers of project 'proj'" in found.detail, found
+    assert "no container of the project has a MAC" in found.detail, found
 
 
 def test_never_answered_is_not_ready() -> None:
