@@ -327,12 +327,27 @@ def _q(name: str) -> str:
     return json.dumps(name)  # nft accepts a double-quoted string, escaping like JSON
 
 
-def render_skeleton(ext_iface: str, family: int) -> str:
+def render_lan_ifaces(ext_iface: str, family: int, lan_ifaces: Iterable[str]) -> str:
+    """Refill the set of LAN-facing interfaces: the child and a parent inside the container."""
+    nfam, t, _ = TABLES[family]
+    names = ", ".join(_q(n) for n in sorted({ext_iface, *lan_ifaces}))
+    return (f"add set {nfam} {t} lan_ifaces {{ type ifname; }}\n"
+            f"flush set {nfam} {t} lan_ifaces\n"
+            f"add element {nfam} {t} lan_ifaces {{ {names} }}\n")
+
+
+def render_skeleton(ext_iface: str, family: int, lan_ifaces: Iterable[str] = ()) -> str:
     """Create-or-refresh the table of ``family`` without touching its map elements.
 
     ``add`` of an existing table/map/chain is a no-op, and each chain is flushed and
     refilled in the same transaction, so a restarted nat-writer converges the rules
     (even from an older version) with no instant where a rule is missing.
+
+    LAN-facing means the set ``lan_ifaces``: the child, and the VLAN parent when it is an
+    interface of this namespace (a simulated LAN), which has an address of its own and would
+    otherwise be a way in that no filter covers. Forwarding is default-deny (F-9): replies,
+    DNATed inbound (from the child, or hairpinned from inside), the project's egress out of
+    the child — nothing else, so anchord is never a router for the LAN.
     """
     nfam, t, addr_type = TABLES[family]
     ext = _q(ext_iface)
@@ -344,6 +359,17 @@ def render_skeleton(ext_iface: str, family: int) -> str:
             f"add map {nfam} {t} {proto}_ranges "
             f"{{ type inet_service : {addr_type}; flags interval; }}"
         )
+    lines.append(render_lan_ifaces(ext_iface, family, lan_ifaces).rstrip("\n"))
+    icmp_hygiene = [
+        # Nobody on the LAN may change our routes.
+        "icmp type redirect drop",
+    ] if v4 else [
+        "icmpv6 type nd-redirect drop",
+        # Neighbour discovery and router advertisements only from the link itself (RFC 4861:
+        # a router or neighbour sends them with hop limit 255; anything less was routed).
+        "icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } "
+        "ip6 hoplimit != 255 drop",
+    ]
     chains: list[tuple[str, str, list[str]]] = [
         # Regular chains first: base chains jump to them.
         ("dnat_ports", "", [
@@ -352,6 +378,7 @@ def render_skeleton(ext_iface: str, family: int) -> str:
         ]),
         ("ext_in", "", [
             "ct state established,related accept",
+            *icmp_hygiene,
             "udp sport 67 udp dport 68 accept" if v4 else "udp sport 547 udp dport 546 accept",
             "meta l4proto icmp accept" if v4 else "meta l4proto ipv6-icmp accept",
             # Answer like a closed port on a real server, never a silent drop.
@@ -359,30 +386,36 @@ def render_skeleton(ext_iface: str, family: int) -> str:
             "reject",
         ]),
         ("ext_fwd", "", [
-            "ct status dnat accept",
+            # Redirects and off-link ND are dropped whichever way they go.
+            *icmp_hygiene,
             "ct state established,related accept",
-            "drop",
+            # DNAT happens only for the LAN on the child and for hairpinned flows from
+            # inside (prerouting below): both are exposed ports.
+            "ct status dnat accept",
+            # The project's egress: from inside, out of the child only.
+            f"iifname != @lan_ifaces oifname {ext} accept",
         ]),
         ("prerouting", "type nat hook prerouting priority dstnat; policy accept;", [
             # From the LAN, to an address that is local on the external interface:
             # the project address, whatever DHCP made it.
             f"iifname {ext} fib daddr . iif type local jump dnat_ports",
-            # Hairpin: from inside, to a local address that is not on the incoming
+            # Hairpin: from inside (never from a LAN-facing interface: that would hand the
+            # LAN a masqueraded way in), to a local address that is not on the incoming
             # interface (the project address seen from the transit network).
-            f"iifname != {ext} fib daddr type local fib daddr . iif type != local "
+            "iifname != @lan_ifaces fib daddr type local fib daddr . iif type != local "
             "jump dnat_ports",
         ]),
         ("postrouting", "type nat hook postrouting priority srcnat; policy accept;", [
             f"oifname {ext} masquerade",
             # Hairpinned flows: without this the backend would answer the client
             # directly on the transit network, bypassing the reverse DNAT.
-            f"iifname != {ext} ct status dnat masquerade",
+            "iifname != @lan_ifaces ct status dnat masquerade",
         ]),
         ("input", "type filter hook input priority filter; policy accept;", [
-            f"iifname {ext} jump ext_in",
+            "iifname @lan_ifaces jump ext_in",
         ]),
-        ("forward", "type filter hook forward priority filter; policy accept;", [
-            f"iifname {ext} jump ext_fwd",
+        ("forward", "type filter hook forward priority filter; policy drop;", [
+            "jump ext_fwd",
         ]),
     ]
     for name, base, rules in chains:
@@ -458,8 +491,11 @@ class _Wanted:
 class NatTables:
     """The two anchord tables of this namespace, their applied state in memory."""
 
-    def __init__(self, ext_iface: str, nft: Nft | None = None) -> None:
+    def __init__(self, ext_iface: str, nft: Nft | None = None,
+                 lan_ifaces: Iterable[str] = ()) -> None:
         self.ext_iface = ext_iface
+        # LAN-facing interfaces besides the child: a VLAN parent inside this namespace.
+        self.lan_ifaces = tuple(sorted(set(lan_ifaces)))
         self._nft = nft
         self.applied: Desired = {}
         self.installed = False
@@ -491,7 +527,8 @@ class NatTables:
             _, elements = parse_table_json(listing, fam)
             applied.update(elements)
         adopted = len(applied)
-        self.nft.run("".join(render_skeleton(self.ext_iface, fam) for fam in FAMILIES))
+        self.nft.run("".join(render_skeleton(self.ext_iface, fam, self.lan_ifaces)
+                             for fam in FAMILIES))
         for fam, (nfam, t, _) in TABLES.items():
             self.handles[fam] = parse_table_json(
                 self.nft.run(f"list table {nfam} {t}", json_output=True), fam)[0]
@@ -501,6 +538,20 @@ class NatTables:
         log.info("nftables tables adopted", extra={"fields": {
             "elements": adopted, "ext_iface": self.ext_iface}})
         return dict(applied)
+
+    def set_lan_ifaces(self, names: Iterable[str]) -> bool:
+        """Make ``names`` (plus the child) the LAN-facing interfaces, in one transaction;
+        whether the kernel has them (installed tables) after this call."""
+        wanted = tuple(sorted(set(names) - {self.ext_iface}))
+        if wanted == self.lan_ifaces and self.installed:
+            return True
+        self.lan_ifaces = wanted
+        if not self.installed:
+            return False  # adopt() installs them with the skeleton
+        self.nft.run("".join(render_lan_ifaces(self.ext_iface, fam, wanted) for fam in FAMILIES))
+        log.info("LAN-facing interfaces set", extra={"fields": {
+            "interfaces": [self.ext_iface, *wanted]}})
+        return True
 
     def apply(self, entries: Iterable[Backend]) -> ApplyResult:
         """Make the maps equal to ``entries`` in one transaction of the differing elements."""

@@ -199,7 +199,7 @@ class DhcpWorker:
         old = self.status
         status = self.child.ensure(parent)
         self.status = status
-        self._converge_routing(status.index)
+        self._converge_routing(status.index, status.parent)
         if status.index and (status.created or status.index != old.index or not self.sockets):
             self._open_sockets()
         elif not status.index and self.sockets:
@@ -228,8 +228,14 @@ class DhcpWorker:
         if changed:
             self.bus.state_changed()
 
-    def _converge_routing(self, child_index: int) -> None:
+    def _converge_routing(self, child_index: int, parent: str) -> None:
         """Only the child routes out of this namespace (anchord.dhcp.gateway says why)."""
+        if parent and ":" not in parent and "/" not in parent:
+            removed = gateway.strip_parent(self.ipr, parent)
+            if removed:
+                log.info("removed the VLAN parent's own addresses: it is only the child's "
+                         "lower device", extra={"fields": {"iface": parent,
+                                                           "addresses": removed}})
         for route in gateway.drop_foreign_defaults(self.ipr, child_index):
             log.info("removed a default route that bypasses the child", extra={"fields": {
                 "route": route}})

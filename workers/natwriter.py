@@ -17,11 +17,17 @@ from anchord.config import NetworkAnchorConfig
 from anchord.lifecycle import Lifecycle
 from anchord.nft import NatTables, NftError
 from bus.client import BusClient
-from bus.events import BackendsDesired, Condition, Event, NatApplied
+from bus.events import BackendsDesired, Condition, Event, LinkChanged, NatApplied
 
 log = logging.getLogger(__name__)
 
-SUBSCRIBE: tuple[type[Event], ...] = (BackendsDesired,)
+SUBSCRIBE: tuple[type[Event], ...] = (BackendsDesired, LinkChanged)
+
+
+def local_parent(parent: str) -> str:
+    """The VLAN parent's name when it is an interface of this namespace ("" when it lives in
+    the host's, ``/path/to/netns:ifname``, or is not resolved yet)."""
+    return "" if (not parent or ":" in parent or "/" in parent) else parent
 RETRY = 1.0  # seconds between attempts after an nftables error
 
 
@@ -92,6 +98,15 @@ def run(config: NetworkAnchorConfig, bus: BusClient, life: Lifecycle) -> int:
             for ev in bus.poll(0.5):
                 if isinstance(ev, BackendsDesired):
                     pending = ev  # full snapshots: the newest one is all that matters
+                elif isinstance(ev, LinkChanged) and ev.interface == config.ext_iface:
+                    parent = local_parent(ev.parent)
+                    lan = (parent,) if parent else ()
+                    try:
+                        writer.tables.set_lan_ifaces(lan)
+                    except (NftError, OSError) as exc:
+                        writer.tables.installed = False  # re-adopted with them below
+                        log.error("cannot set the LAN-facing interfaces", extra={"fields": {
+                            "interfaces": lan, "error": str(exc)}})
             now = time.monotonic()
             if now < writer.next_try:
                 continue

@@ -16,6 +16,12 @@ restarted worker adopts what the last one did):
   packet, before any service-anchor has replaced its route; while anchord is gone, nothing
   answers for it and the project has no way out at all (it fails closed).
 
+- A VLAN parent inside the container (a LAN simulated on a Docker network): Docker gave it an
+  address and a connected route to the LAN subnet, which the kernel prefers over the child's,
+  so the project's traffic to LAN-local hosts would leave through it unmasqueraded, and LAN
+  hosts could route into the project via it. Its addresses are removed: it is only the
+  child's lower device.
+
 Never raises on a netlink error: interfaces come and go, and the caller converges again on its
 next tick.
 """
@@ -100,3 +106,26 @@ def claim_gateways(ipr: IPRoute, claims: Iterable[tuple[str, str]], child: str) 
             continue
         added.append(f"{gateway} on {name}")
     return added
+
+
+def strip_parent(ipr: IPRoute, parent: str) -> list[str]:
+    """Remove every address (v4 and v6) of the local interface ``parent``; returns them."""
+    found = ipr.link_lookup(ifname=parent)
+    if not found:
+        return []
+    index = int(found[0])
+    removed = []
+    try:
+        addrs = list(ipr.get_addr(index=index))
+    except NetlinkError:
+        return []
+    for addr in addrs:
+        address = str(addr.get_attr("IFA_ADDRESS"))
+        try:
+            ipr.addr("del", index=index, address=address, prefixlen=int(addr["prefixlen"]))
+        except NetlinkError as exc:
+            log.warning("could not remove an address of the VLAN parent", extra={"fields": {
+                "iface": parent, "address": address, "error": str(exc)}})
+            continue
+        removed.append(f"{address}/{addr['prefixlen']}")
+    return removed

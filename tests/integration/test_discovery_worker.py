@@ -166,7 +166,8 @@ def test_worker_publishes_table_network_map_and_status(
             ("transit", mine[transit]["MacAddress"])}
         status = wait_until(lambda: bus.latest_of(WorkerStatus), timeout=10)
         assert isinstance(status, WorkerStatus)
-        assert [(c.key, c.ok) for c in status.conditions] == [("docker", True)]
+        assert [(c.key, c.ok) for c in status.conditions] == [
+                ("docker", True), ("self", True)]
 
         # A new labelled container shows up through the event stream within a second.
         mail = proj.container("mail", networks=(transit,), expose="tcp/25")
