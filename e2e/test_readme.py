@@ -288,6 +288,27 @@ def test_realhost_example_egress_leaves_with_the_project_address(
     assert isinstance(reply, dict) and (reply["service"], reply["peer"]) == ("lan", mine), result
 
 
+def test_realhost_example_lan_gets_no_arp_answer_for_internal_addresses(example: Example) -> None:
+    """The example's sysctls: a LAN host asking (ARP) for anchord's addresses on its Docker
+    networks gets no answer; the project address is answered (by the child)."""
+    anchord = example.sh("docker compose ps -q anchord").strip()
+    internal = example.sh(
+        "docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "
+        + anchord).split()
+    assert internal, "anchord has no address on its Docker networks"
+    lan = example.lan
+    for address in internal:
+        harness.run(["ip", "-n", lan.lan_ns, "route", "replace", f"{address}/32", "dev",
+                     lan.lan_iface])
+        harness.run(["ip", "netns", "exec", lan.lan_ns, "ping", "-c", "2", "-W", "1", address],
+                    check=False)
+        neigh = harness.run(["ip", "-n", lan.lan_ns, "neigh", "show", address]).stdout
+        harness.run(["ip", "-n", lan.lan_ns, "route", "del", f"{address}/32"], check=False)
+        assert "lladdr" not in neigh, (address, neigh)
+    harness.run(["ip", "netns", "exec", lan.lan_ns, "ping", "-c", "1", "-W", "2",
+                 example.address])
+
+
 def _status_json(ex: Example) -> None:
     status = json.loads(ex.sh("docker compose exec anchord anchord status --json"))
     assert ex.address in json.dumps(status["leases"]), status
