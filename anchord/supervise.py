@@ -34,6 +34,9 @@ DEFAULT_CONF = Path("/etc/anchord/supervisord.conf")
 # Longer than the sum of supervisord's stopwaitsecs for the slowest program, shorter
 # than the stop_grace_period the README asks for (30 s).
 STOP_DEADLINE = 25.0
+# Stopped by supervisord in its own order, after the others: the nat-writer (its tables filter
+# the LAN until the child is gone) and the bus.
+LAST_TO_STOP = frozenset({"nat-writer", "bus"})
 
 
 def supervisord_conf(env: Mapping[str, str]) -> Path:
@@ -96,9 +99,11 @@ def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> bool:
 
     supervisord stops programs one after another, each waiting for the last: teardown
     (release the lease, delete the tables) would take the sum of every worker's exit time.
-    The workers' teardowns are independent, so they run in parallel; the bus is left to
-    supervisord, which stops it last. Only once supervisord reports SHUTDOWN, or it would
-    restart a worker that exits. Returns True when done (or nothing is left to do).
+    The workers' teardowns are independent, so they run in parallel — except the nat-writer's:
+    its tables are the LAN filter, so they must outlive the child (F-9), and it is left to
+    supervisord, which stops it after the dhcp worker has exited (lower priority), and the bus
+    last. Only once supervisord reports SHUTDOWN, or it would restart a worker that exits.
+    Returns True when done (or nothing is left to do).
     """
     from supervisor.xmlrpc import SupervisorTransport
 
@@ -113,7 +118,9 @@ def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> bool:
         # supervisord is gone or not answering: its own sequential stop is all there is.
         return True
     for info in infos:
-        if info["name"] != "bus" and info["pid"] and info["statename"] in ("RUNNING", "STOPPING"):
+        if info["name"] in LAST_TO_STOP or not info["pid"]:
+            continue
+        if info["statename"] in ("RUNNING", "STOPPING"):
             try:
                 os.kill(int(info["pid"]), signal.SIGTERM)
             except ProcessLookupError:

@@ -39,11 +39,15 @@ from bus.events import (
     LeaseLost,
     LinkChanged,
     NetworkMap,
+    WorkerStatus,
 )
 
 log = logging.getLogger(__name__)
 
-SUBSCRIBE: tuple[type[Event], ...] = (NetworkMap,)
+SUBSCRIBE: tuple[type[Event], ...] = (NetworkMap, WorkerStatus)
+# The worker whose `nat_tables` condition says the LAN filter is in place (F-9: no address on
+# the child before that).
+FILTER_OWNER = "nat-writer"
 LINK_CHECK = 1.0  # seconds between link checks while all is well
 LINK_BACKOFF_MAX = 2.0  # a returning parent gets its child back within seconds (F-5)
 MAX_WAIT = 0.5
@@ -90,6 +94,7 @@ class DhcpWorker:
         self.link_next = 0.0
         self.sockets: dict[int, RawSocket] = {}  # by ethertype
         self.started = False
+        self.filter_ready = False  # the nat-writer reported its tables (the LAN filter) in place
         self.stored = self.leasefile.load()
         self.v4 = Dhcp4Client(self, config.ext_mac, config.dhcp_hostname,
                               config.dhcp_backoff_max, time.monotonic, time.time)
@@ -197,7 +202,7 @@ class DhcpWorker:
         parent = resolve_parent(self.ipr, self.config.vlan_parent, self.config.ext_iface,
                                 self.network_map)
         old = self.status
-        status = self.child.ensure(parent)
+        status = self.child.ensure(parent, bring_up=self.filter_ready)
         self.status = status
         self._converge_routing(status.index, status.parent)
         if status.index and (status.created or status.index != old.index or not self.sockets):
@@ -293,6 +298,14 @@ class DhcpWorker:
             if isinstance(event, NetworkMap):
                 if event != self.network_map:
                     self.network_map = event
+                    self.link_next = 0.0
+            elif isinstance(event, WorkerStatus) and event.worker == FILTER_OWNER:
+                ready = any(c.key == "nat_tables" and c.ok for c in event.conditions)
+                if ready and not self.filter_ready:
+                    # Once in place the child may come up; a later loss of the tables is the
+                    # nat-writer's to repair (it re-adopts), not a reason to drop traffic here.
+                    self.filter_ready = True
+                    log.info("LAN filter in place: the child may come up")
                     self.link_next = 0.0
         if self.bus.ready_fds:
             self._receive(self.bus.ready_fds)

@@ -32,6 +32,9 @@ V6_SYSCTLS = (("disable_ipv6", "0"), ("addr_gen_mode", "0"), ("accept_ra", "2"),
               ("autoconf", "1"), ("accept_dad", "1"))
 
 
+HELD_DOWN = "held down until the LAN filter is in place (nat-writer)"
+
+
 @dataclass(frozen=True)
 class LinkStatus:
     """What ``ensure`` found or made."""
@@ -96,16 +99,21 @@ class ChildLink:
             return f"mac {mac}"
         return ""
 
-    def ensure(self, parent: str) -> LinkStatus:
-        """Make the child exist with the right shape and be up; never raises on netlink."""
+    def ensure(self, parent: str, bring_up: bool = True) -> LinkStatus:
+        """Make the child exist with the right shape and be up; never raises on netlink.
+
+        With ``bring_up`` false a child that is down stays down (a new one is made down): no
+        address, no ARP, no SLAAC until the caller knows the LAN filter is in place. A child
+        that is up already (adopted after a worker restart) is never taken down.
+        """
         try:
-            return self._ensure(parent)
+            return self._ensure(parent, bring_up)
         except NetlinkError as exc:
             return LinkStatus(parent, problem=f"netlink error {exc.code}: {exc}")
         except OSError as exc:
             return LinkStatus(parent, problem=f"{type(exc).__name__}: {exc}")
 
-    def _ensure(self, parent: str) -> LinkStatus:
+    def _ensure(self, parent: str, bring_up: bool) -> LinkStatus:
         if not parent:
             return LinkStatus(parent, problem="parent not resolved yet")
         parent_nsid: int | None = None
@@ -147,6 +155,9 @@ class ChildLink:
         self._sysctls()
         link = self.ipr.get_links(index)[0]
         if not link["flags"] & IFF_UP:
+            if not bring_up:
+                return LinkStatus(parent, index=index, created=created,
+                                  problem=HELD_DOWN)
             self.ipr.link("set", index=index, state="up")
             link = self.ipr.get_links(index)[0]
         # Carrier alone is not enough: until the kernel's linkwatch has activated the

@@ -360,7 +360,13 @@ def _worker_main(spec: dict[str, Any]) -> int:
         project="proj", vlan_parent=spec["parent"], dhcp_hostname=spec["hostname"],
         ext_mac=spec["mac"], ext_iface=spec["iface"], dhcp_backoff_max=spec["backoff_max"],
         state_dir=Path(spec["state_dir"]), run_dir=Path(spec["run_dir"]))
-    inbox = []
+    from bus.events import Condition, WorkerStatus
+
+    # This file bus stands in for the nat-writer too: its tables (the LAN filter) are
+    # reported in place, or the worker keeps the child down (tests/integration/test_dhcp_bus.py
+    # runs the real nat-writer).
+    inbox: list[Any] = [WorkerStatus(worker="nat-writer", pid=0, started=0.0,
+                                     conditions=(Condition("nat_tables", True, ""),))]
     if spec.get("network_map"):
         inbox.append(NetworkMap(networks=tuple(
             NetworkAttachment(**a) for a in spec["network_map"]["networks"])))
