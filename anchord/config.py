@@ -43,7 +43,7 @@ KNOWN_VARIABLES = (
     "ANCHORD_CONSOLE",
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*([0-9]{1,9}(?:\.[0-9]{1,9})?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}$")
@@ -110,15 +110,43 @@ class ServiceAnchorConfig(CommonConfig):
 Config = NetworkAnchorConfig | ServiceAnchorConfig
 
 
-def parse_duration(variable: str, value: str) -> float:
-    """``30s``, ``5m``, ``1h``, ``250ms`` or a bare number of seconds; must be > 0."""
+def parse_duration(variable: str, value: str, minimum: float = 0.1,
+                   maximum: float = 86400.0) -> float:
+    """``30s``, ``5m``, ``1h``, ``250ms`` or a bare number of seconds, within bounds (a
+    nanosecond poll would spin a worker, a year-long one is a typo)."""
     m = _DURATION.match(value)
     if not m:
         raise ConfigError(variable, value, "a duration such as 30s, 5m, 1h or a number of seconds")
     seconds = float(m.group(1)) * _UNITS[m.group(2)]
     if seconds <= 0:
         raise ConfigError(variable, value, "a duration greater than zero")
+    if not minimum <= seconds <= maximum:
+        raise ConfigError(variable, value,
+                          f"a duration from {_human(minimum)} to {_human(maximum)}")
     return seconds
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
+def parse_docker_host(value: str) -> str:
+    """``unix:///absolute/path`` or ``tcp://host:port`` (what docker-py and our own
+    self-lookup both speak)."""
+    variable = "DOCKER_HOST"
+    expected = "unix:///path/to/docker.sock or tcp://host:port"
+    if value.startswith("unix://"):
+        path = value[len("unix://"):]
+        if not path.startswith("/") or "\x00" in path:
+            raise ConfigError(variable, value, expected)
+        return value
+    m = re.match(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})/?$", value)
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        raise ConfigError(variable, value, expected)
+    return value
 
 
 def parse_metrics_addr(value: str) -> MetricsAddr | None:
@@ -228,7 +256,7 @@ def load(env: Mapping[str, str], mode: str | None = None) -> Config:
             ),
             gateway_resolve_interval=parse_duration(
                 "ANCHORD_GATEWAY_RESOLVE_INTERVAL",
-                env.get("ANCHORD_GATEWAY_RESOLVE_INTERVAL", "5s"),
+                env.get("ANCHORD_GATEWAY_RESOLVE_INTERVAL", "5s"), 0.1, 3600.0,
             ),
         )
 
@@ -258,17 +286,24 @@ def load(env: Mapping[str, str], mode: str | None = None) -> Config:
         ext_mac=parse_mac(mac_value) if mac_value.strip() else derive_mac(project),
         ext_iface=ext_iface,
         poll_interval=parse_duration(
-            "ANCHORD_POLL_INTERVAL", env.get("ANCHORD_POLL_INTERVAL", "30s")
+            "ANCHORD_POLL_INTERVAL", env.get("ANCHORD_POLL_INTERVAL", "30s"), 1.0, 3600.0
         ),
         dhcp_backoff_max=parse_duration(
-            "ANCHORD_DHCP_BACKOFF_MAX", env.get("ANCHORD_DHCP_BACKOFF_MAX", "5m")
+            "ANCHORD_DHCP_BACKOFF_MAX", env.get("ANCHORD_DHCP_BACKOFF_MAX", "5m"), 1.0, 86400.0
         ),
-        docker_host=env.get("DOCKER_HOST", "").strip() or DEFAULT_DOCKER_HOST,
+        docker_host=parse_docker_host(env.get("DOCKER_HOST", "").strip() or DEFAULT_DOCKER_HOST),
         state_dir=_path("ANCHORD_STATE_DIR", env.get("ANCHORD_STATE_DIR", "/var/lib/anchord")),
     )
 
 
 def _path(variable: str, value: str) -> Path:
-    if not value.startswith("/"):
-        raise ConfigError(variable, value, "an absolute path")
-    return Path(value)
+    # anchord makes these directories its own (the run directory is chmod 0700): never the
+    # root or a kernel filesystem.
+    expected = "an absolute path of a directory of its own (not /, /proc, /sys or /dev)"
+    if not value.startswith("/") or "\x00" in value:
+        raise ConfigError(variable, value, expected)
+    path = Path(value)
+    parts = path.parts
+    if len(parts) < 2 or ".." in parts or parts[1] in ("proc", "sys", "dev"):
+        raise ConfigError(variable, value, expected)
+    return path

@@ -41,7 +41,7 @@ EXPOSE_LABEL = "anchord.expose"
 EXPOSE_V6_LABEL = "anchord.expose.v6"
 PROTOS = ("tcp", "udp")
 
-_TOKEN = re.compile(r"^([A-Za-z]+)\s*/\s*(\d+)(?:\s*-\s*(\d+))?$")
+_TOKEN = re.compile(r"^([A-Za-z]+)\s*/\s*([0-9]+)(?:\s*-\s*([0-9]+))?$")
 
 
 class LabelError(ValueError):
@@ -72,7 +72,13 @@ class PortRange:
 
 
 def _port(token: str, text: str) -> int:
-    value = int(text)
+    # A port of thousands of digits must be a rejection, not a ValueError out of int() (which
+    # refuses more than 4 300 digits) that would stop discovery for every container.
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 5:
+        raise LabelError(token, f"port {text[:12]}{'...' if len(text) > 12 else ''} is "
+                         "outside 1-65535")
+    value = int(digits)
     if not 1 <= value <= 65535:
         raise LabelError(token, f"port {value} is outside 1-65535")
     return value

@@ -11,9 +11,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+MAX_BYTES = 64 * 1024  # a real file is a few hundred bytes; more is not ours
+# Lifetimes are 32-bit seconds on the wire (0xffffffff: infinite).
+MAX_LIFETIME = float(0xFFFFFFFF)
+# A lease acquired further in the future than this is a file from a wrong clock or forged.
+FUTURE_SLACK = 86400.0
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -57,20 +64,30 @@ class LeaseFile:
     def load(self) -> dict[int, StoredLease]:
         """The stored leases by family; {} (with a warning) if missing parts are bad."""
         try:
-            raw = self.path.read_text(encoding="utf-8")
+            raw = self._read()
         except FileNotFoundError:
             return {}
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             log.warning("lease file unreadable, ignored",
                         extra={"fields": {"path": str(self.path), "error": str(exc)}})
             return {}
         try:
             doc = json.loads(raw)
             return self._validate(doc)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             log.warning("lease file corrupt or foreign, ignored",
                         extra={"fields": {"path": str(self.path), "error": str(exc)[:200]}})
             return {}
+
+    def _read(self) -> str:
+        # Never through a symlink (the state volume is the user's; a link could point the
+        # worker at any file), never more than MAX_BYTES.
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise ValueError(f"larger than {MAX_BYTES} bytes")
+        return data.decode("utf-8")
 
     def _validate(self, doc: Any) -> dict[int, StoredLease]:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -116,11 +133,16 @@ class LeaseFile:
             pass
 
 
-def _num(item: dict[str, Any], key: str, default: float | None = None) -> float:
+def _num(item: dict[str, Any], key: str, default: float | None = None,
+         maximum: float = MAX_LIFETIME) -> float:
     value = item.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{key} is not a non-negative number")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} is not a number")
+    number = float(value) if not isinstance(value, int) or abs(value) < 2**63 else math.inf
+    # NaN, 1e309 (inf) and absurd values would reach the kernel as lifetimes.
+    if not math.isfinite(number) or not 0 <= number <= maximum:
+        raise ValueError(f"{key} is not a number from 0 to {maximum:.0f}")
+    return number
 
 
 def _lease_from(item: Any) -> StoredLease:
@@ -133,7 +155,8 @@ def _lease_from(item: Any) -> StoredLease:
     if address.version != family or address.is_multicast or address.is_unspecified:
         raise ValueError("address is not a unicast address of its family")
     prefixlen = item.get("prefixlen")
-    if not isinstance(prefixlen, int) or not 1 <= prefixlen <= (32 if family == 4 else 128):
+    if isinstance(prefixlen, bool) or not isinstance(prefixlen, int) \
+            or not 1 <= prefixlen <= (32 if family == 4 else 128):
         raise ValueError("bad prefixlen")
     router = str(item.get("router", ""))
     if router:
@@ -145,11 +168,12 @@ def _lease_from(item: Any) -> StoredLease:
     if not isinstance(server_mac, str) or (server_mac and not _MAC.match(server_mac)):
         raise ValueError("bad server_mac")
     iaid = item.get("iaid", 0)
-    if not isinstance(iaid, int) or not 0 <= iaid < 2**32:
+    if isinstance(iaid, bool) or not isinstance(iaid, int) or not 0 <= iaid < 2**32:
         raise ValueError("bad iaid")
+    acquired = _num(item, "acquired", maximum=time.time() + FUTURE_SLACK)
     return StoredLease(
         family=family, address=str(address), prefixlen=prefixlen, server=server, router=router,
         lease_time=_num(item, "lease_time"), t1=_num(item, "t1"), t2=_num(item, "t2"),
-        acquired=_num(item, "acquired"), iaid=iaid, preferred=_num(item, "preferred", 0.0),
+        acquired=acquired, iaid=iaid, preferred=_num(item, "preferred", 0.0),
         server_mac=server_mac,
     )
