@@ -30,7 +30,7 @@ EXAMPLES = int(os.environ.get("ANCHORD_FUZZ_EXAMPLES", "2000"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
-LABEL_ALPHABET = string.ascii_letters + string.digits + " ,/-\t٣０" + "\x00é"
+LABEL_ALPHABET = string.ascii_letters + string.digits + " ,/-\t\u0663\uff10\x00\u00e9"
 
 
 @FUZZ
