@@ -181,6 +181,22 @@ def status(as_json: bool, timeout: float) -> None:
     sys.exit(0 if report.reachable else 1)
 
 
+@main.command("release")
+def release() -> None:
+    """Give the project's leases back at the next container stop (run it before
+    `docker compose down`). Without it a stop keeps them, so that the next start gets the same
+    address; ANCHORD_RELEASE_ON_STOP=true releases at every stop."""
+    from anchord.lifecycle import request_release
+
+    run_dir = Path(os.environ.get("ANCHORD_RUN_DIR", "/run/anchord"))
+    if not run_dir.is_dir():
+        click.echo(f"{run_dir} does not exist: is this the network-anchor container?", err=True)
+        sys.exit(1)
+    request_release(run_dir)
+    click.echo("the leases will be released when this container stops "
+               "(`docker compose down` next)")
+
+
 @main.command("healthcheck")
 def healthcheck() -> None:
     """Exit 0 when this container is healthy (the image's HEALTHCHECK). Works with the

@@ -38,6 +38,7 @@ KNOWN_VARIABLES = (
     "ANCHORD_GATEWAY_RESOLVE_INTERVAL",
     "ANCHORD_RUN_DIR",
     "ANCHORD_STATE_DIR",
+    "ANCHORD_RELEASE_ON_STOP",
     # Internal: set by anchord itself or by tests, not meant for users.
     "ANCHORD_SUPERVISORD_CONF",
     "ANCHORD_CONSOLE",
@@ -99,6 +100,9 @@ class NetworkAnchorConfig(CommonConfig):
     docker_host: str = "unix:///var/run/docker.sock"
     # Lease file directory: survives worker restarts (and container restarts if a volume).
     state_dir: Path = Path("/var/lib/anchord")
+    # Give the leases back (DHCPRELEASE / Release) at every container stop. Off: a stop keeps
+    # them, and the next start asks for the same address (F-6); `anchord release` asks once.
+    release_on_stop: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,19 @@ def _human(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g}{unit}"
     return f"{seconds * 1000:g}ms"
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def parse_bool(variable: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(variable, value, "true or false (also 1/0, yes/no, on/off)")
 
 
 def parse_docker_host(value: str) -> str:
@@ -293,6 +310,8 @@ def load(env: Mapping[str, str], mode: str | None = None) -> Config:
         ),
         docker_host=parse_docker_host(env.get("DOCKER_HOST", "").strip() or DEFAULT_DOCKER_HOST),
         state_dir=_path("ANCHORD_STATE_DIR", env.get("ANCHORD_STATE_DIR", "/var/lib/anchord")),
+        release_on_stop=parse_bool("ANCHORD_RELEASE_ON_STOP",
+                                   env.get("ANCHORD_RELEASE_ON_STOP", "")),
     )
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from types import FrameType
 
 SHUTDOWN_MARKER = "shutdown"
+# Written by `anchord release`: the next container stop gives the leases back.
+RELEASE_MARKER = "release"
 
 
 def marker_path(run_dir: Path) -> Path:
@@ -32,8 +34,21 @@ def mark_shutdown(run_dir: Path, reason: str = "") -> None:
 
 
 def clear_shutdown(run_dir: Path) -> None:
-    """Forget a marker left by a previous run of this container (``docker restart``)."""
+    """Forget markers left by a previous run of this container (``docker restart``)."""
     marker_path(run_dir).unlink(missing_ok=True)
+    (run_dir / RELEASE_MARKER).unlink(missing_ok=True)
+
+
+def request_release(run_dir: Path) -> None:
+    """Ask that the next container stop release the leases (``anchord release``)."""
+    path = run_dir / RELEASE_MARKER
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{os.getpid()} {time.time():.3f}\n")
+    os.replace(tmp, path)
+
+
+def release_requested(run_dir: Path) -> bool:
+    return (run_dir / RELEASE_MARKER).exists()
 
 
 class Lifecycle:

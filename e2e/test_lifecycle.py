@@ -9,8 +9,9 @@ service-anchor: new connections within 1 s of it running again; and with its tra
 moved, no conntrack entry left for the old one), S-9 (``compose up -d --force-recreate
 anchord``: every service-anchor's default routes follow the new transit address within
 ANCHORD_GATEWAY_RESOLVE_INTERVAL + 1 s; inbound and egress work again with no change to the
-service-anchors) and S-6 (``compose stop anchord``: exit 0, the DHCP server sees the RELEASE
-of both leases, the workers log the teardown).
+service-anchors) and S-6 (``compose stop anchord``: exit 0, the workers log the teardown, the
+DHCP server keeps both leases and the next start gets the same address with no DISCOVER;
+after ``anchord release`` a stop gives both back).
 
 Compose file: e2e/compose/stack/compose.yaml, one fresh project per test (each test changes
 the project); S-10 adds e2e/lifecycle_support.py's run-time override (a tcp/8081 echo in
@@ -320,7 +321,9 @@ def test_s9_force_recreate_anchord_routes_follow_the_new_transit_address(
 
 
 # --- S-6 ---------------------------------------------------------------------------------------
-def test_s6_stop_releases_leases_and_tears_down(new_stack: Callable[..., Stack]) -> None:
+def test_s6_stop_keeps_the_leases_and_tears_down_release_when_asked(
+    new_stack: Callable[..., Stack],
+) -> None:
     stack = new_stack()
     v4 = stack.project_address(4)
     v6_lease(stack)
@@ -332,7 +335,44 @@ def test_s6_stop_releases_leases_and_tears_down(new_stack: Callable[..., Stack])
     print(f"S-6: compose stop anchord took {took:.2f}s, exit code {state['ExitCode']}")
     assert (state["Running"], state["ExitCode"], state["OOMKilled"]) == (False, 0, False), state
 
-    # The DHCP server saw both releases: the lease rows are gone, its log names them.
+    # A real server that reboots keeps its address: no release, the server keeps the lease.
+    dhcp_log = stack.project.logs("dhcp")
+    assert "DHCPRELEASE" not in dhcp_log, dhcp_log[-3000:]
+    assert [le.address for le in stack.leases()
+            if le.hostname == stack.hostname and le.family == 4] == [v4]
+
+    # The tables and the child lived in the container's namespace, gone with it: the workers'
+    # own log lines prove that the teardown ran (and not the restart path).
+    lines = json_log_lines(stack.project.logs("anchord"))
+    said = [(line["worker"], line["message"]) for line in lines]
+    expected = [
+        ("nat-writer", "container shutdown: deleting nftables tables"),
+        ("dhcp", "container shutdown: removing the child; the leases are kept"),
+        ("dhcp", "macvlan child removed"),
+    ]
+    for worker, message in expected:
+        assert any(w == worker and m.startswith(message) for w, m in said), (
+            f"{worker}: {message!r} not logged; shutdown lines: "
+            f"{[s for s in said if 'stop' in s[1] or 'shutdown' in s[1]]}"
+        )
+    restart_path = [s for s in said if "for a restart" in s[1] or "kept for the next instance"
+                    in s[1]]
+    assert restart_path == [], f"restart path taken at a container stop: {restart_path}"
+    errors = [line for line in lines if line["level"] in ("error", "ERROR", "critical")]
+    assert errors == [], errors
+    assert any(m.startswith("anchord stopped") for _, m in said), said[-10:]
+
+    # The next start asks for the same address (INIT-REBOOT): no new DISCOVER at the server.
+    discovers = dhcp_log.count("DHCPDISCOVER")
+    stack.project.compose("start", "anchord", timeout=120)
+    wait_until(lambda: stack.status_json()["leases"]["ipv4"]["address"].split("/")[0] == v4,
+               60, interval=0.5, message=f"the same address {v4} after the start")
+    assert stack.project.logs("dhcp").count("DHCPDISCOVER") == discovers
+
+    # Asked to release (`anchord release`, then a stop): the server sees both releases.
+    out = stack.project.exec("anchord", "anchord", "release").stdout
+    assert "released when this container stops" in out, out
+    stack.project.stop("anchord", timeout=60)
     wait_until(
         lambda: not [le for le in stack.leases() if le.hostname == stack.hostname],
         5,
@@ -342,24 +382,5 @@ def test_s6_stop_releases_leases_and_tears_down(new_stack: Callable[..., Stack])
     assert f"DHCPRELEASE(eth0) {v4} {mac}" in dhcp_log, dhcp_log[-3000:]
     # A DHCPv6 Release names the client's DUID (DUID-LL of the MAC), not the address.
     assert f"DHCPRELEASE(eth0) 00:03:00:01:{mac}" in dhcp_log, dhcp_log[-3000:]
-
-    # The tables and the child lived in the container's namespace, gone with it: the workers'
-    # own log lines prove that the teardown ran (and not the restart path).
-    lines = json_log_lines(stack.project.logs("anchord"))
-    said = [(line["worker"], line["message"]) for line in lines]
-    expected = [
-        ("nat-writer", "container shutdown: deleting nftables tables"),
-        ("dhcp", "container shutdown: releasing the leases and removing the child"),
-        ("dhcp", "dhcpv4 bound -> stopped (released)"),
-        ("dhcp", "macvlan child removed"),
-    ]
-    for worker, message in expected:
-        assert any(w == worker and m.startswith(message) for w, m in said), (
-            f"{worker}: {message!r} not logged; shutdown lines: "
-            f"{[s for s in said if 'stop' in s[1] or 'shutdown' in s[1]]}"
-        )
-    kept = [s for s in said if "kept" in s[1]]
-    assert kept == [], f"restart path taken at a container stop: {kept}"
-    errors = [line for line in lines if line["level"] in ("error", "ERROR", "critical")]
-    assert errors == [], errors
-    assert any(m.startswith("anchord stopped") for _, m in said), said[-10:]
+    said = [line["message"] for line in json_log_lines(stack.project.logs("anchord"))]
+    assert any(m.startswith("dhcpv4 bound -> stopped (released)") for m in said), said[-20:]

@@ -435,6 +435,27 @@ def _recreate_app(ex: Example) -> None:
     )
 
 
+def _release(ex: Example) -> None:
+    # Without it a stop keeps the lease (the restart commands above kept the address); with
+    # it, the next stop gives the address back to the LAN's server.
+    out = ex.sh("docker compose exec anchord anchord release")
+    assert "released when this container stops" in out, out
+    assert "DHCPRELEASE" not in ex.lan.dnsmasq_log()
+    ex.sh("docker compose stop anchord", timeout=120)
+    release = f"DHCPRELEASE({ex.lan.lan_iface}) {ex.address}"
+    harness.wait_until(lambda: release in ex.lan.dnsmasq_log(), 10,
+                       message=f"{release!r} in dnsmasq's log")
+    ex.sh("docker compose start anchord", timeout=120)
+
+    def reachable() -> bool:
+        mine = [x for x in ex.lan.leases() if x.family == 4 and x.hostname == ex.name]
+        ex.address = mine[0].address if len(mine) == 1 else ""
+        return bool(ex.address) and "reply" in ex.lan_query(25, 1.0)
+
+    harness.wait_until(reachable, REACH_TIMEOUT, interval=0.3,
+                       message="a new lease and tcp/25 answering after the release")
+
+
 def _make_demo(ex: Example) -> None:
     project = harness.unique_project_name("demo")
     try:
@@ -459,6 +480,7 @@ def _make_demo(ex: Example) -> None:
 def _by_test(ex: Example) -> None:
     """Run elsewhere in this module: the build commands by the ``built`` fixture (checked by
     test_build_commands_make_the_images), ``bash e2e/demo.sh --down`` by ``_make_demo``,
+    ``anchord release`` as ``docker compose exec anchord anchord release`` by ``_release``,
     ``ip netns attach`` (the host-namespace handle) by ``RealHostLan.start`` for the example."""
 
 
@@ -479,6 +501,8 @@ COMMANDS: dict[str, Callable[[Example], None]] = {
     "ip link add anchord-shim link eth0.42 type macvlan mode bridge && ip addr add <spare LAN IP>/32 dev anchord-shim && ip link set anchord-shim up && ip route add <project address>/32 dev anchord-shim": _shim,  # noqa: E501
     "docker restart <service-anchor>": _restart_service_anchor,
     "docker compose up -d --force-recreate <app>": _recreate_app,
+    "docker compose exec anchord anchord release": _release,
+    "anchord release": _by_test,
     "make demo": _make_demo,
     "bash e2e/demo.sh --down": _by_test,
     "ip netns attach": _by_test,

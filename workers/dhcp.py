@@ -29,6 +29,7 @@ from anchord.dhcp.rawio import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, RawSocket
 from anchord.dhcp.timers import Backoff
 from anchord.dhcp.v4 import Dhcp4Client
 from anchord.dhcp.v6 import V6Client
+from anchord.lifecycle import release_requested
 from bus.events import (
     Condition,
     Count,
@@ -334,11 +335,20 @@ class DhcpWorker:
         return 0
 
     def shutdown(self) -> None:
-        """Container shutdown: release both leases, remove the child and the lease file."""
-        log.info("container shutdown: releasing the leases and removing the child")
-        self.v6.release()
-        self.v4.release()
-        self.leasefile.remove()
+        """Container shutdown: remove the child. The leases (and the lease file) are kept for
+        the next start, as a real server keeps its address across a reboot (F-6); they are
+        released only when asked (``ANCHORD_RELEASE_ON_STOP``, ``anchord release``)."""
+        if self.config.release_on_stop or release_requested(self.config.run_dir):
+            log.info("container shutdown: releasing the leases and removing the child",
+                     extra={"fields": {"why": "ANCHORD_RELEASE_ON_STOP" if
+                                       self.config.release_on_stop else "anchord release"}})
+            self.v6.release()
+            self.v4.release()
+            self.leasefile.remove()
+        else:
+            log.info("container shutdown: removing the child; the leases are kept for the "
+                     "next start", extra={"fields": {"file": str(self.leasefile.path)}})
+            self._save()
         self.child.remove()
         self.status = LinkStatus(parent=self.status.parent, problem="removed at shutdown")
         self.bus.state_changed()

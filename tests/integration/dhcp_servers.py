@@ -245,13 +245,20 @@ class Worker:
              json.dumps(self.spec)], self.log, {"PYTHONPATH": str(REPO)})
         return self
 
-    def stop(self, shutdown: bool = False, sig: int = signal.SIGTERM) -> int:
+    def stop(self, shutdown: bool = False, sig: int = signal.SIGTERM,
+             release: bool = False) -> int:
+        """Stop the worker: a restart, or with ``shutdown`` a container stop (the entry's
+        marker), which with ``release`` gives the leases back (``anchord release``)."""
         marker = self.run_dir / "shutdown"
+        release_marker = self.run_dir / "release"
         if shutdown:
             marker.write_text("test\n")
+        if release:
+            release_marker.write_text("test\n")
         assert self.proc is not None
         code = stop(self.proc, sig)
         marker.unlink(missing_ok=True)
+        release_marker.unlink(missing_ok=True)
         return code
 
     def published(self) -> list[dict[str, Any]]:

@@ -59,7 +59,7 @@ def test_dnsmasq_v4_bound_with_hostname_route_and_mac(bed: Lan) -> None:
     assert worker.stop() == 0
 
 
-def test_restart_keeps_address_init_reboot_and_shutdown_releases(bed: Lan) -> None:
+def test_restart_and_stop_keep_the_address_release_when_asked(bed: Lan) -> None:
     server = bed.server_ns("srv", 1)
     dns = Dnsmasq(bed, server, "dnsmasq")
     worker = Worker(bed).start()
@@ -88,8 +88,19 @@ def test_restart_keeps_address_init_reboot_and_shutdown_releases(bed: Lan) -> No
     assert out.strip() == b"ok", out  # the same connection still works after the restart
     echo.kill()
     echo.wait()
-    # Container shutdown: DHCPRELEASE reaches the server, the child is gone.
+    # Container stop: the child goes, the lease stays (no DHCPRELEASE, the file kept), and
+    # the next start (a new child) asks for the same address by INIT-REBOOT (F-6, F-6b).
     assert worker.stop(shutdown=True) == 0
+    assert "anchord-ext" not in bed.anchor.run("ip", "link", "show")
+    assert (worker.state_dir / "anchord-ext.lease").exists()
+    assert "DHCPRELEASE" not in dns.lines()
+    worker.start()
+    worker.wait_lease(4, pred=lambda lease: lease["lease"]["address"] == address)
+    wait_until(lambda: worker.log_text().count("rebooting -> bound") >= 2, 10,
+               what="init-reboot then bound after the stop")
+    assert dns.lines().count("DHCPDISCOVER") == discovers
+    # Asked to (`anchord release`): DHCPRELEASE reaches the server, the file goes.
+    assert worker.stop(shutdown=True, release=True) == 0
     wait_until(lambda: f"DHCPRELEASE(eth0) {ip}" in dns.lines(), 5, what="release at server")
     assert "anchord-ext" not in bed.anchor.run("ip", "link", "show")
     assert not (worker.state_dir / "anchord-ext.lease").exists()

@@ -43,7 +43,7 @@ def test_both_families_dnsmasq_v4_and_radvd_slaac(bed: Lan) -> None:
     assert v6["address"] == SLAAC_ADDRESS
 
 
-def test_stateful_dhcpv6_dnsmasq_renew_restart_release(bed: Lan) -> None:
+def test_stateful_dhcpv6_dnsmasq_renew_restart_stop_release(bed: Lan) -> None:
     server = bed.server_ns("srv", 1)
     dns = Dnsmasq(bed, server, "dnsmasq", f"--dhcp-range={LAN_V6}100,{LAN_V6}1ff,64,2m",
                   "--enable-ra", "--ra-param=eth0,3,1800")
@@ -66,8 +66,19 @@ def test_stateful_dhcpv6_dnsmasq_renew_restart_release(bed: Lan) -> None:
     wait_until(lambda: "confirming -> bound" in worker.log_text(), 10, what="renew confirmed")
     assert dns.lines().count("DHCPSOLICIT") == solicits
     assert "DHCPRENEW" in dns.lines()
-    # Shutdown: Release seen by the server, the address and the child gone.
+    # A container stop keeps the lease: the next start (a new child) gets the same address
+    # back with no new Solicit (F-6, F-6b).
     worker.stop(shutdown=True)
+    assert "anchord-ext" not in bed.anchor.run("ip", "link", "show")
+    assert "DHCPRELEASE" not in dns.lines()
+    worker.start()
+    worker.wait_lease(6, timeout=15, pred=lambda e: e["lease"]["address"] == lease["address"]
+                      and e["lease"]["source"] == "dhcpv6")
+    wait_until(lambda: f"{address}/128" in worker.addresses(6), 10,
+               what="the kept address on the new child")
+    assert dns.lines().count("DHCPSOLICIT") == solicits
+    # Asked to release: Release seen by the server, the address and the child gone.
+    worker.stop(shutdown=True, release=True)
     wait_until(lambda: "DHCPRELEASE(eth0) 00:03:00:01:02:42:aa:bb:cc:01" in dns.lines(), 5,
                what="v6 release at server")
     assert "anchord-ext" not in bed.anchor.run("ip", "link", "show")
@@ -90,6 +101,6 @@ def test_stateful_dhcpv6_kea_renews_at_t1_and_releases(bed: Lan) -> None:
                                 pred=lambda e: e["lease"]["expiry"] > lease["expiry"] + 3)
     assert renewed["lease"]["address"] == lease["address"]
     assert "bound -> renewing" in worker.log_text()
-    worker.stop(shutdown=True)
+    worker.stop(shutdown=True, release=True)
     wait_until(lambda: "DHCP6_RELEASE_NA" in kea.lines(), 5,
                what="release at kea")

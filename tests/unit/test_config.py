@@ -106,6 +106,16 @@ def test_durations(value: str, seconds: float) -> None:
     ({"ANCHORD_EXT_IFACE": "a-very-long-interface-name"}, "ANCHORD_EXT_IFACE", "1-15"),
     ({"ANCHORD_DHCP_HOSTNAME": "bad_host!"}, "ANCHORD_DHCP_HOSTNAME", "DNS hostname"),
     ({"ANCHORD_RUN_DIR": "relative"}, "ANCHORD_RUN_DIR", "absolute path"),
+    ({"ANCHORD_RUN_DIR": "/"}, "ANCHORD_RUN_DIR", "not /, /proc"),
+    ({"ANCHORD_STATE_DIR": "/proc/self"}, "ANCHORD_STATE_DIR", "not /, /proc"),
+    ({"ANCHORD_STATE_DIR": "/var/../etc"}, "ANCHORD_STATE_DIR", "absolute path"),
+    ({"ANCHORD_POLL_INTERVAL": "0.000001ms"}, "ANCHORD_POLL_INTERVAL", "from 1s to 1h"),
+    ({"ANCHORD_POLL_INTERVAL": "inf"}, "ANCHORD_POLL_INTERVAL", "30s, 5m, 1h"),
+    ({"ANCHORD_DHCP_BACKOFF_MAX": "99999h"}, "ANCHORD_DHCP_BACKOFF_MAX", "from 1s to 24h"),
+    ({"DOCKER_HOST": "ssh://host"}, "DOCKER_HOST", "tcp://host:port"),
+    ({"DOCKER_HOST": "tcp://proxy"}, "DOCKER_HOST", "tcp://host:port"),
+    ({"DOCKER_HOST": "unix://relative.sock"}, "DOCKER_HOST", "unix:///path"),
+    ({"ANCHORD_RELEASE_ON_STOP": "maybe"}, "ANCHORD_RELEASE_ON_STOP", "true or false"),
 ])
 def test_errors_name_variable_value_and_expectation(
     env: dict[str, str], variable: str, expected: str
@@ -141,3 +151,18 @@ def test_unknown_variable_names_closest() -> None:
         "unknown variable ANCHORD_POLL_INTERVALL is ignored; did you mean ANCHORD_POLL_INTERVAL?",
         "unknown variable ANCHORD_ZZZ_QQQ is ignored",
     ]
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", False), ("false", False), ("0", False), ("no", False), ("true", True), ("1", True),
+    ("YES", True), ("on", True)])
+def test_release_on_stop(value: str, expected: bool) -> None:
+    cfg = load(BASE | {"ANCHORD_RELEASE_ON_STOP": value})
+    assert isinstance(cfg, NetworkAnchorConfig) and cfg.release_on_stop is expected
+
+
+def test_docker_host_forms() -> None:
+    for value in ("unix:///var/run/docker.sock", "tcp://docker-proxy:2375",
+                  "tcp://[fd00::1]:2375", "tcp://10.0.0.2:2375/"):
+        cfg = load(BASE | {"DOCKER_HOST": value})
+        assert isinstance(cfg, NetworkAnchorConfig) and cfg.docker_host == value
