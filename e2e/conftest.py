@@ -112,8 +112,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 @pytest.fixture(scope="session")
-def anchord_image() -> str:
-    """Host prepared, stale projects removed, image built: returns the image tag."""
+def anchord_image() -> Iterator[str]:
+    """Host prepared, stale projects removed, image built: yields the image tag. At the end of
+    the session, anything of this run still there (containers, networks, namespaces) is an
+    error: a run leaves nothing behind."""
     if os.geteuid() != 0:
         pytest.skip("the e2e suite needs root (dockerd, sysctls)")
     harness.prepare_host()
@@ -123,7 +125,9 @@ def anchord_image() -> str:
         harness.run(["docker", "image", "inspect", harness.IMAGE])
     else:
         harness.build_image(harness.IMAGE)
-    return harness.IMAGE
+    yield harness.IMAGE
+    left = harness.leftovers(os.getpid())
+    assert not left, f"the e2e run left these behind: {left}"
 
 
 @pytest.fixture

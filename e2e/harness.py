@@ -165,10 +165,28 @@ def stale_projects(prefix: str = PROJECT_PREFIX) -> set[str]:
 def remove_project(name: str) -> None:
     """Take a project down by name alone (Compose v2 finds it by its labels)."""
     run(
-        ["docker", "compose", "-p", name, "down", "-v", "--remove-orphans", "-t", "5"],
+        ["docker", "compose", "-p", name, "--profile", "*", "down", "-v", "--remove-orphans",
+         "-t", "5"],
         check=False,
         timeout=120,
     )
+
+
+def leftovers(pid: int) -> list[str]:
+    """Containers and networks of this run's projects, and the real-host test namespaces of
+    this run, still present: a run must leave nothing behind."""
+    prefix = f"{PROJECT_PREFIX}{pid}-"
+    found = []
+    out = run(["docker", "ps", "-a", "--format",
+               '{{.Names}} {{.Label "com.docker.compose.project"}}'], check=False).stdout
+    found += [f"container {line.split()[0]}" for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].startswith(prefix)]
+    out = run(["docker", "network", "ls", "--format", "{{.Name}}"], check=False).stdout
+    found += [f"network {name}" for name in out.split() if name.startswith(prefix)]
+    out = run(["ip", "netns", "list"], check=False).stdout
+    found += [f"netns {line.split()[0]}" for line in out.splitlines()
+              if line.startswith(f"arh{pid}-")]
+    return found
 
 
 def node_failed(node: Any) -> bool:
@@ -268,7 +286,10 @@ class ComposeProject:
 
     def down(self, timeout: float = 120.0) -> None:
         """Remove everything of the project: containers, networks, volumes, orphans."""
-        self.compose("down", "-v", "--remove-orphans", check=False, timeout=timeout)
+        # Every profile: `down` alone leaves the containers of services in a profile that
+        # was not given (the late-anchor of e2e/test_proxy.py).
+        self.compose("--profile", "*", "down", "-v", "--remove-orphans", check=False,
+                     timeout=timeout)
 
     def stop(self, *services: str, timeout: float = 60.0) -> float:
         """``compose stop``; returns how many seconds it took."""
