@@ -28,6 +28,7 @@ from anchord.dhcp.link import ChildLink, LinkStatus, resolve_parent
 from anchord.dhcp.rawio import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, RawSocket
 from anchord.dhcp.timers import Backoff
 from anchord.dhcp.v4 import Dhcp4Client
+from anchord.dhcp.v4 import State as V4State
 from anchord.dhcp.v6 import V6Client
 from anchord.lifecycle import release_requested
 from bus.events import (
@@ -254,13 +255,32 @@ class DhcpWorker:
     def _open_sockets(self) -> None:
         self._close_sockets()
         try:
-            for ethertype in (ETH_P_IP, ETH_P_ARP, ETH_P_IPV6):
-                sock = RawSocket(self.config.ext_iface, ethertype)
-                self.sockets[ethertype] = sock
-                self.bus.watch(sock.fileno())
+            for ethertype in (ETH_P_IP, ETH_P_IPV6):
+                self._open(ethertype)
         except OSError as exc:
             log.warning("could not open raw sockets", extra={"fields": {"error": str(exc)}})
             self._close_sockets()
+
+    def _open(self, ethertype: int) -> None:
+        sock = RawSocket(self.config.ext_iface, ethertype)
+        self.sockets[ethertype] = sock
+        self.bus.watch(sock.fileno())
+
+    def _sync_arp(self) -> None:
+        """The ARP socket exists only while an address is being probed (RFC 5227): the rest
+        of the time the LAN's ARP traffic never wakes this worker."""
+        want = self.v4.state == V4State.PROBING and ETH_P_IP in self.sockets
+        sock = self.sockets.get(ETH_P_ARP)
+        if want and sock is None:
+            try:
+                self._open(ETH_P_ARP)
+            except OSError as exc:
+                log.warning("could not open the ARP socket", extra={"fields": {
+                    "error": str(exc)}})
+        elif not want and sock is not None:
+            self.bus.unwatch(sock.fileno())
+            sock.close()
+            del self.sockets[ETH_P_ARP]
 
     def _close_sockets(self) -> None:
         for sock in self.sockets.values():
@@ -291,6 +311,7 @@ class DhcpWorker:
             self.v4.tick()
             self.v6.tick()
             self.v6.observe(self.ipr, self.status.index)
+            self._sync_arp()
         wakeups = [self.link_next]
         if self.started:
             wakeups += [self.v4.wakeup, self.v6.wakeup]
@@ -310,6 +331,7 @@ class DhcpWorker:
                     self.link_next = 0.0
         if self.bus.ready_fds:
             self._receive(self.bus.ready_fds)
+            self._sync_arp()  # a reply may have started the probe
 
     def run(self) -> int:
         self.bus.set_state(self.owned_state)

@@ -110,6 +110,7 @@ class Dhcp4Client:
         self.backoff = Backoff(initial=4.0, cap=backoff_max, rng=self.rng)
         self.state = State.INIT
         self.lease: StoredLease | None = None
+        self.base = 0.0  # monotonic time the current lease was granted (see _hold)
         self.offer: packets.Reply | None = None
         self.offer_mac = ""
         self.xid = 0
@@ -137,7 +138,7 @@ class Dhcp4Client:
         """Begin: INIT-REBOOT if ``stored`` is still valid, else INIT."""
         now = self.monotonic()
         if stored is not None and stored.expiry > self.wall() + 1:
-            self.lease = stored
+            self._hold(stored, now - (self.wall() - stored.acquired))
             self._go(S.INIT_REBOOT, "stored lease still valid")
             self.host.apply(stored, self._remaining())
         else:
@@ -153,7 +154,7 @@ class Dhcp4Client:
         """The link was re-created: confirm a valid lease, or start over."""
         if self.state == S.STOPPED:
             return
-        if self.lease is not None and self.lease.expiry > self.wall() + 1:
+        if self.lease is not None and self._remaining() > 1:
             self._go(S.INIT_REBOOT, why)
             self.host.apply(self.lease, self._remaining())
         elif self.state != S.INIT:
@@ -165,14 +166,23 @@ class Dhcp4Client:
 
     # --- time ----------------------------------------------------------------
 
+    def _hold(self, lease: StoredLease, base: float) -> None:
+        """Make ``lease`` current; ``base`` is when it was granted, on the monotonic clock.
+
+        Timers run on that clock only: the wall clock (stepped by NTP on a host without an
+        RTC) is read once, when a stored lease is loaded, and written to the lease file.
+        """
+        self.lease = lease
+        self.base = base
+
     def _remaining(self) -> float:
         assert self.lease is not None
-        return max(0.0, self.lease.expiry - self.wall())
+        return max(0.0, self.base + self.lease.lease_time - self.monotonic())
 
     def _lease_deadlines(self) -> tuple[float, float, float]:
         """T1, T2 and expiry of the current lease as monotonic times."""
         assert self.lease is not None
-        base = self.monotonic() - (self.wall() - self.lease.acquired)
+        base = self.base
         return (base + self.lease.t1, base + self.lease.t2, base + self.lease.lease_time)
 
     def _retransmit_floor(self) -> float:
@@ -417,7 +427,7 @@ class Dhcp4Client:
         if previous is not None and (previous.address, previous.prefixlen) != \
                 (lease.address, lease.prefixlen):
             self.host.remove(previous)
-        self.lease = lease
+        self._hold(lease, now)
         self.host.apply(lease, lease_time)
         fresh = previous is None or previous.address != lease.address
         if fresh:

@@ -101,6 +101,7 @@ class V6Client:
         self.backoff = Backoff(initial=1.0, cap=backoff_max, rng=rng)
         self.state = S.IDLE
         self.lease: StoredLease | None = None  # the DHCPv6 lease
+        self.base = 0.0  # monotonic time the current lease was granted
         self.slaac: StoredLease | None = None
         self.managed = False
         self.ra_seen = False
@@ -146,10 +147,13 @@ class V6Client:
         self.next_rs = now
         self.wakeup = now
         if stored is not None and stored.expiry > self.wall() + 1 and stored.server:
+            # The wall clock is read here only: from now on the lease runs on the monotonic
+            # clock (an NTP step must not move T1, T2 or expiry).
             self.lease = stored
+            self.base = now - (self.wall() - stored.acquired)
             self.server_duid = bytes.fromhex(stored.server)
             self._go(S.CONFIRMING, "stored lease still valid")
-            self.host.apply(stored, stored.expiry - self.wall())
+            self.host.apply(stored, self._remaining())
             self._new_exchange(now)
 
     def restart(self, why: str) -> None:
@@ -159,9 +163,9 @@ class V6Client:
         self.announced.clear()
         if self.state == S.STOPPED:
             return
-        if self.lease is not None and self.lease.expiry > self.wall() + 1:
+        if self.lease is not None and self._remaining() > 1:
             self._go(S.CONFIRMING, why)
-            self.host.apply(self.lease, self.lease.expiry - self.wall())
+            self.host.apply(self.lease, self._remaining())
             self._new_exchange(now)
 
     # --- time ----------------------------------------------------------------
@@ -172,9 +176,14 @@ class V6Client:
         self.started = now
         self.backoff.reset()
 
-    def _deadlines(self) -> tuple[float, float, float]:
+    def _remaining(self) -> float:
         assert self.lease is not None
-        base = self.monotonic() - (self.wall() - self.lease.acquired)
+        return max(0.0, self.base + self.lease.lease_time - self.monotonic())
+
+    def _deadlines(self) -> tuple[float, float, float]:
+        """T1, T2 and expiry of the current lease as monotonic times."""
+        assert self.lease is not None
+        base = self.base
         return base + self.lease.t1, base + self.lease.t2, base + self.lease.lease_time
 
     def tick(self) -> None:
@@ -325,6 +334,7 @@ class V6Client:
         if previous is not None and previous.address != lease.address:
             self.host.remove(previous)
         self.lease = lease
+        self.base = now
         self.server_duid = reply.server_duid
         self.host.apply(lease, valid)
         self.acquisitions["ok"] += 1

@@ -243,3 +243,39 @@ def test_backoff_capped() -> None:
         client.tick()
     assert delays[0] < delays[1] < delays[2]
     assert max(delays) <= 30.0 and delays[-1] >= 27.0
+
+
+@pytest.mark.parametrize("step", [3 * 3600.0, -3 * 3600.0])
+def test_wall_clock_steps_change_no_timer(step: float) -> None:
+    """An NTP step of hours (a host without an RTC) neither renews early nor expires early:
+    T1, T2 and expiry run on the monotonic clock."""
+    client, host, clock = make()
+    bind(client, host, clock, lease=600)
+    bound_at = clock.mono
+    clock.wall += step
+    clock.mono = bound_at + 299
+    client.tick()
+    assert st(client) == State.BOUND, "renewed early after a wall step"
+    assert client._remaining() == pytest.approx(301)
+    clock.mono = bound_at + 300
+    client.tick()
+    assert st(client) == State.RENEWING
+    clock.wall -= 2 * step
+    clock.mono = bound_at + 599
+    client.tick()
+    assert st(client) in (State.RENEWING, State.REBINDING) and host.removed == []
+    clock.mono = bound_at + 600
+    client.tick()
+    assert host.removed == ["10.0.0.5"], "expired at the wrong time"
+
+
+def test_stored_lease_is_read_against_the_wall_clock_once() -> None:
+    """A lease in the file carries wall times: read once at start, then monotonic only."""
+    client, _host, clock = make()
+    stored = StoredLease(family=4, address="10.0.0.5", prefixlen=24, server="10.0.0.1",
+                         router="10.0.0.1", lease_time=600, t1=300, t2=525,
+                         acquired=clock.wall - 100)
+    client.start(stored)
+    assert client._remaining() == pytest.approx(500)
+    clock.wall += 7200  # stepped after the start: still 500 s left
+    assert client._remaining() == pytest.approx(500)
