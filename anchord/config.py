@@ -262,7 +262,10 @@ def load(env: Mapping[str, str], mode: str | None = None) -> Config:
     common = {
         "mode": mode,
         "log_level": parse_level(env.get("ANCHORD_LOG_LEVEL", "info")),
-        "metrics_addr": parse_metrics_addr(env.get("ANCHORD_METRICS_ADDR", "127.0.0.1:9090")),
+        # A service-anchor lives in the app's namespace: by default it listens on nothing there
+        # (an app may want :9090); its healthcheck reads the health file (F-21).
+        "metrics_addr": parse_metrics_addr(env.get(
+            "ANCHORD_METRICS_ADDR", "" if mode == "service-anchor" else "127.0.0.1:9090")),
         "run_dir": _path("ANCHORD_RUN_DIR", env.get("ANCHORD_RUN_DIR", "/run/anchord")),
     }
     if mode == "service-anchor":

@@ -166,3 +166,13 @@ def test_docker_host_forms() -> None:
                   "tcp://[fd00::1]:2375", "tcp://10.0.0.2:2375/"):
         cfg = load(BASE | {"DOCKER_HOST": value})
         assert isinstance(cfg, NetworkAnchorConfig) and cfg.docker_host == value
+
+
+def test_service_anchor_listens_on_nothing_by_default() -> None:
+    """F-21: the service-anchor shares the app's namespace; :9090 is the app's to take."""
+    cfg = load({}, mode="service-anchor")
+    assert isinstance(cfg, ServiceAnchorConfig) and cfg.metrics_addr is None
+    asked = load({"ANCHORD_METRICS_ADDR": ":9090"}, mode="service-anchor")
+    assert asked.metrics_addr is not None and asked.metrics_addr.port == 9090
+    anchor = load(BASE)
+    assert anchor.metrics_addr == MetricsAddr("127.0.0.1", 9090)
