@@ -181,6 +181,49 @@ def status(as_json: bool, timeout: float) -> None:
     sys.exit(0 if report.reachable else 1)
 
 
+@main.command("docker-proxy")
+def docker_proxy() -> None:
+    """Serve a read-only Docker API scoped to this Compose project (for the network-anchor's
+    DOCKER_HOST=tcp://docker-proxy:2375). Holds the Docker socket; see anchord/apiproxy.py."""
+    import signal
+    import threading
+
+    from anchord import apiproxy, selfproject
+
+    logsetup.configure("docker-proxy")
+    env = os.environ
+    upstream = env.get("DOCKER_HOST", "").strip() or configmod.DEFAULT_DOCKER_HOST
+    if not upstream.startswith("unix:///"):
+        log.error(f"DOCKER_HOST={upstream!r} is invalid: expected the Docker socket "
+                  "(unix:///var/run/docker.sock) for the proxy to hold")
+        sys.exit(EXIT_CONFIG)
+    try:
+        port = int(env.get("ANCHORD_PROXY_PORT", "2375"))
+        if not 1 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        log.error(f"ANCHORD_PROXY_PORT={env.get('ANCHORD_PROXY_PORT')!r} is invalid: "
+                  "expected a port 1-65535")
+        sys.exit(EXIT_CONFIG)
+    given = _given_project(env)
+    if given is None:
+        try:
+            project = selfproject.wait_for_project(upstream, socket.gethostname(),
+                                                   time.monotonic() + SELF_PROJECT_TIMEOUT)
+        except selfproject.SelfUnknown as exc:
+            log.error(f"ANCHORD_PROJECT is not set and Docker did not say which Compose "
+                      f"project this container belongs to: {exc}")
+            sys.exit(EXIT_CONFIG)
+    else:
+        project = given[1]
+    run_dir = Path(env.get("ANCHORD_RUN_DIR", "/run/anchord"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    apiproxy.serve(project, upstream[len("unix://"):], port, run_dir, stop)
+
+
 @main.command("release")
 def release() -> None:
     """Give the project's leases back at the next container stop (run it before
