@@ -39,6 +39,7 @@ KNOWN_VARIABLES = (
     "ANCHORD_RUN_DIR",
     "ANCHORD_STATE_DIR",
     "ANCHORD_RELEASE_ON_STOP",
+    "ANCHORD_PROXY_PORT",
     # Internal: set by anchord itself or by tests, not meant for users.
     "ANCHORD_SUPERVISORD_CONF",
     "ANCHORD_CONSOLE",

@@ -1,7 +1,8 @@
-"""Read-only Docker API: anchord discovers through a GET-only socket proxy and has no socket.
+"""Read-only Docker API: anchord discovers through the project-scoped proxy and has no socket.
 
-Owns the proxy scenario (e2e/compose/proxy/compose.yaml, image e2e/docker-proxy built here as
-``anchord-docker-proxy:test``): discovery works through ``DOCKER_HOST=tcp://docker-proxy:2375``
+Owns the proxy scenario (e2e/compose/proxy/compose.yaml: the anchord image's own
+``docker-proxy`` role, the only container with the socket, with every capability dropped):
+discovery works through ``DOCKER_HOST=tcp://docker-proxy:2375``
 (the labelled port is in ``anchord status``, anchord is healthy, an event reaches the table
 through the proxied ``/events`` stream); the proxy refuses writes and every path discovery
 does not use with 403 while reads pass; stopping the proxy keeps the last table (status and
@@ -11,7 +12,6 @@ the kernel's DNAT map) and discovery recovers when it is started again.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -20,8 +20,6 @@ import pytest
 from e2e import harness
 from e2e.harness import ComposeFactory, ComposeProject, wait_until
 
-PROXY_IMAGE = "anchord-docker-proxy:test"
-PROXY_DIR = harness.E2E_DIR / "docker-proxy"
 # Seconds. The poll interval of the compose file is 10 min: anything seen within EVENT_TIMEOUT
 # came through the event stream.
 START_TIMEOUT = 90.0
@@ -50,13 +48,8 @@ for line in sys.argv[1:]:
 
 @pytest.fixture(scope="session")
 def proxy_image(anchord_image: str) -> str:
-    """The proxy image, built once per session (cached layers: seconds after the first)."""
-    harness.run(
-        ["docker", "build", "-q", "-t", PROXY_IMAGE, str(PROXY_DIR)],
-        env={**os.environ, "DOCKER_BUILDKIT": "0"},
-        timeout=600,
-    )
-    return PROXY_IMAGE
+    """The proxy is a role of the anchord image (``command: [docker-proxy]``)."""
+    return anchord_image
 
 
 def status(project: ComposeProject) -> dict[str, Any]:
@@ -164,20 +157,32 @@ def test_writes_and_other_paths_are_refused(compose: ComposeFactory, proxy_image
         "GET /v1.41/images/json",
         f"GET /v1.41/containers/{web_id}/logs",
         f"GET /containers/{web_id}/../../secrets",
+        "GET /v1.41/info",
+        "GET /v1.41/networks",
+        f"POST /v1.41/containers/{web_id}/exec",
         "GET /version",
         "HEAD /_ping",
-        "GET /v1.41/info",
         "GET /v1.41/containers/json",
         f"GET /v1.41/containers/{web_id}/json",
-        "GET /v1.41/networks",
     ]
     out = project.exec("anchord", "python3", "-c", PROBE, *requests).stdout
     codes = {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1]) for line in out.splitlines()}
     assert set(codes) == set(requests), out
-    for req in requests[:9]:
+    for req in requests[:12]:
         assert codes[req] == 403, f"{req} -> {codes[req]}, expected 403"
-    for req in requests[9:]:
+    for req in requests[12:]:
         assert codes[req] == 200, f"{req} -> {codes[req]}, expected 200"
+    # A container of another project: as if it did not exist.
+    stranger = harness.run(["docker", "run", "-d", "--rm", "--label",
+                            f"com.docker.compose.project={project.name}-other",
+                            "--network", "none", "debian:bookworm-slim", "sleep", "60"]
+                           ).stdout.strip()
+    try:
+        out = project.exec("anchord", "python3", "-c", PROBE,
+                           f"GET /v1.41/containers/{stranger}/json").stdout
+        assert out.strip().endswith(" 404"), out
+    finally:
+        harness.run(["docker", "rm", "-f", stranger], check=False)
     # The refused writes did nothing: web-anchor still runs, nothing was created.
     assert project.state("web-anchor")["Running"] is True
     assert sorted(row["Service"] for row in project.ps()) == [

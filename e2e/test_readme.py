@@ -12,7 +12,7 @@ the substitutions ``README_SUBSTITUTIONS`` lists, the ones a reader makes too: t
 namespace with dnsmasq and a client), ``/proc/1/ns/net`` a handle of the host's namespace made
 with ``ip netns attach`` (PID 1's namespace file cannot be opened on these machines), the project
 name ``mail`` a unique one, and ``your/postfix`` a small app answering on the three ports with
-the peer address it saw. The images are the ones the README's own build commands make. Then the
+the peer address it saw. The image is the one the README's own build command makes. Then the
 "Operating it" commands run against that project from a directory holding its compose.yaml, as
 a user runs them, the troubleshooting recipes (the host shim, restarting an app after its
 service-anchor) are carried out and checked, and ``make demo`` runs and is taken down.
@@ -174,13 +174,10 @@ def answered_by_postfix(result: dict[str, Any], port: int, peer: str) -> bool:
 
 @pytest.fixture(scope="module")
 def built(anchord_image: str) -> dict[str, subprocess.CompletedProcess[str]]:
-    """The README's two build commands, run as written (before the example can start)."""
+    """The README's build command, run as written (before the example can start)."""
     return {
         cmd: run_in_repo(cmd, timeout=900)
-        for cmd in (
-            "bash e2e/build-image.sh -t anchord:latest",
-            "docker build -t anchord-docker-proxy e2e/docker-proxy",
-        )
+        for cmd in ("bash e2e/build-image.sh -t anchord:latest",)
     }
 
 
@@ -241,11 +238,10 @@ def test_every_readme_command_is_run() -> None:
 
 
 def test_build_commands_make_the_images(built: dict[str, Any]) -> None:
-    """`bash e2e/build-image.sh -t anchord:latest` and the proxy's `docker build` work."""
+    """`bash e2e/build-image.sh -t anchord:latest` works (the image plays every role)."""
     for cmd, result in built.items():
         assert result.returncode == 0, f"{cmd}: exit {result.returncode}\n{result.stderr}"
-    for image in ("anchord:latest", "anchord-docker-proxy"):
-        harness.run(["docker", "image", "inspect", image])
+    harness.run(["docker", "image", "inspect", "anchord:latest"])
 
 
 def test_realhost_example_serves_every_labelled_port_with_real_sources(example: Example) -> None:
@@ -478,7 +474,7 @@ def _make_demo(ex: Example) -> None:
 
 
 def _by_test(ex: Example) -> None:
-    """Run elsewhere in this module: the build commands by the ``built`` fixture (checked by
+    """Run elsewhere in this module: the build command by the ``built`` fixture (checked by
     test_build_commands_make_the_images), ``bash e2e/demo.sh --down`` by ``_make_demo``,
     ``anchord release`` as ``docker compose exec anchord anchord release`` by ``_release``,
     ``ip netns attach`` (the host-namespace handle) by ``RealHostLan.start`` for the example."""
@@ -487,7 +483,6 @@ def _by_test(ex: Example) -> None:
 # Each README command -> how this module runs it (in the order they run).
 COMMANDS: dict[str, Callable[[Example], None]] = {
     "bash e2e/build-image.sh -t anchord:latest": _by_test,
-    "docker build -t anchord-docker-proxy e2e/docker-proxy": _by_test,
     "docker compose exec anchord anchord status": _status_text,
     "anchord status": _status_text,
     "docker compose exec anchord anchord status --json": _status_json,
