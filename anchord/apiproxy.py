@@ -171,7 +171,8 @@ class ProxyServer(ThreadingHTTPServer):
 
     def server_bind(self) -> None:
         # Dual-stack: IPv4 clients arrive as ::ffff:a.b.c.d.
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
 
     def network_project(self, network: str) -> str | None:
@@ -192,6 +193,13 @@ class ProxyServer(ThreadingHTTPServer):
             if isinstance(doc, dict) and doc.get("Id"):
                 self._networks[str(doc["Id"])] = project
         return project
+
+
+
+class ProxyServer4(ProxyServer):
+    """For a kernel without IPv6 at all."""
+
+    address_family = socket.AF_INET
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -331,7 +339,11 @@ def serve(project: str, upstream_path: str, port: int, run_dir: Path,
           stop: threading.Event) -> None:
     """Serve until ``stop`` is set; the health file says whether Docker answers."""
     upstream = Upstream(upstream_path)
-    server = ProxyServer(("::", port), project, upstream)
+    try:
+        server: ProxyServer = ProxyServer(("::", port), project, upstream)
+    except OSError as exc:
+        log.info("no IPv6 here: listening on IPv4 only", extra={"fields": {"error": str(exc)}})
+        server = ProxyServer4(("0.0.0.0", port), project, upstream)
     thread = threading.Thread(target=server.serve_forever, name="proxy", daemon=True)
     thread.start()
     log.info("docker proxy listening", extra={"fields": {
