@@ -293,10 +293,24 @@ def counts(table: Mapping[Key, str]) -> tuple[EntryCount, ...]:
 _family_proto = operator.itemgetter(0, 1)
 
 
+def single_map(proto: str) -> str:
+    """The map of single ports: ``dnat_tcp`` / ``dnat_udp``, the Go anchord's names, so that
+    scripts reading the maps keep working."""
+    return f"dnat_{proto}"
+
+
+def range_map(proto: str) -> str:
+    return f"{proto}_ranges"
+
+
+# map name -> the proto its elements belong to
+MAP_PROTOS = {name: proto for proto in PROTOS for name in (single_map(proto), range_map(proto))}
+
+
 def _map_name(proto: str, first: int, last: int) -> str:
     # Single ports live in a plain map (O(1) updates); ranges need `flags interval`,
     # whose updates cost grows with the map's size, so they get their own map.
-    return f"{proto}_ports" if first == last else f"{proto}_ranges"
+    return single_map(proto) if first == last else range_map(proto)
 
 
 def _key_text(first: int, last: int) -> str:
@@ -354,9 +368,10 @@ def render_skeleton(ext_iface: str, family: int, lan_ifaces: Iterable[str] = ())
     v4 = family == 4
     lines = [f"add table {nfam} {t}"]
     for proto in PROTOS:
-        lines.append(f"add map {nfam} {t} {proto}_ports {{ type inet_service : {addr_type}; }}")
         lines.append(
-            f"add map {nfam} {t} {proto}_ranges "
+            f"add map {nfam} {t} {single_map(proto)} {{ type inet_service : {addr_type}; }}")
+        lines.append(
+            f"add map {nfam} {t} {range_map(proto)} "
             f"{{ type inet_service : {addr_type}; flags interval; }}"
         )
     lines.append(render_lan_ifaces(ext_iface, family, lan_ifaces).rstrip("\n"))
@@ -373,8 +388,8 @@ def render_skeleton(ext_iface: str, family: int, lan_ifaces: Iterable[str] = ())
     chains: list[tuple[str, str, list[str]]] = [
         # Regular chains first: base chains jump to them.
         ("dnat_ports", "", [
-            f"meta l4proto {proto} dnat to {proto} dport map @{proto}_{kind}"
-            for proto in PROTOS for kind in ("ports", "ranges")
+            f"meta l4proto {proto} dnat to {proto} dport map @{name}"
+            for proto in PROTOS for name in (single_map(proto), range_map(proto))
         ]),
         ("ext_in", "", [
             "ct state established,related accept",
@@ -447,8 +462,8 @@ def parse_table_json(listing: str, family: int) -> tuple[int | None, Desired]:
         m = obj.get("map")
         if not m:
             continue
-        proto = m["name"].split("_", 1)[0]
-        if proto not in PROTOS:
+        proto = MAP_PROTOS.get(m["name"], "")
+        if not proto:
             continue
         for elem in m.get("elem", []):
             key = _port_key(elem[0])

@@ -65,11 +65,13 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
     log.info("supervisord started", extra={"fields": {"pid": proc.pid, "conf": str(conf)}})
 
     stopping: list[float] = []
+    received: list[str] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if not stopping:
             stopping.append(time.monotonic())
-            mark_shutdown(config.run_dir, signal.Signals(signum).name)
+            received.append(signal.Signals(signum).name)
+            mark_shutdown(config.run_dir, received[0])
             proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -81,6 +83,11 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
             code = proc.wait(timeout=0.2 if stopping else 0.5)
             break
         except subprocess.TimeoutExpired:
+            if received and received[0] != "logged":
+                # The Go anchord's line (scripts and alerts of its users look for it).
+                log.info("signal received, shutting down", extra={"fields": {
+                    "signal": received[0]}})
+                received[0] = "logged"
             if stopping and not fanned_out:
                 fanned_out = _stop_workers_together(config.run_dir, proc.pid)
             if stopping and time.monotonic() - stopping[0] > STOP_DEADLINE:

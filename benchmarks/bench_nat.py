@@ -62,7 +62,7 @@ def one_size(ns: Netns, n: int, ranges: bool) -> None:
         nft = t.nft
     key = BASE + 3 * (n // 2) if ranges else BASE + n // 2
     keytxt = f"{key}-{key + 1}" if ranges else str(key)
-    mapname = "tcp_ranges" if ranges else "tcp_ports"
+    mapname = "tcp_ranges" if ranges else "dnat_tcp"
 
     def batch(last_octet: int) -> str:
         return (f"delete element ip anchord_v4 {mapname} {{ {keytxt} }}\n"

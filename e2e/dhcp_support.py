@@ -218,7 +218,7 @@ class Project(Stack):
     def dnat_map(self, family: int, proto: str = "tcp") -> dict[int, str]:
         """{port: backend} of the anchord table's plain map of ``proto`` (single ports)."""
         table = ("ip", "anchord_v4") if family == 4 else ("ip6", "anchord_v6")
-        out = self.exec("anchord", "nft", "-j", "list", "map", *table, f"{proto}_ports")
+        out = self.exec("anchord", "nft", "-j", "list", "map", *table, f"dnat_{proto}")
         for item in json.loads(out)["nftables"]:
             if "map" in item:
                 return {int(k): str(v) for k, v in item["map"].get("elem", [])}

@@ -348,7 +348,8 @@ def test_s6_stop_keeps_the_leases_and_tears_down_release_when_asked(
     expected = [
         ("nat-writer", "container shutdown: deleting nftables tables"),
         ("dhcp", "container shutdown: removing the child; the leases are kept"),
-        ("dhcp", "macvlan child removed"),
+        ("dhcp", "macvlan removed"),
+        ("anchord", "signal received, shutting down"),
     ]
     for worker, message in expected:
         assert any(w == worker and m.startswith(message) for w, m in said), (

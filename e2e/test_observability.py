@@ -151,7 +151,7 @@ def scrape(stack: Stack, host: str = "anchord") -> Samples:
 
 def settled(found: Samples) -> Samples | None:
     """``found`` once the IPv4 lease came and web-anchor (healthy) got its DNAT entries."""
-    lease = ("anchord_lease_remaining_seconds", (("family", "ipv4"),)) in found
+    lease = ("anchord_dhcp_lease_remaining_seconds", (("family", "ipv4"),)) in found
     web = found.get(("anchord_dnat_entries", (("family", "ipv4"), ("proto", "tcp")))) == 1.0
     return found if lease and web else None
 
@@ -214,12 +214,12 @@ def test_metrics_health_and_readiness_scraped_from_another_container(stack: Stac
     for family in ("ipv4", "ipv6"):
         for proto in ("tcp", "udp"):
             assert value(found, "anchord_dnat_entries", family=family, proto=proto) == 1.0
-    lease = value(found, "anchord_lease_remaining_seconds", family="ipv4")
+    lease = value(found, "anchord_dhcp_lease_remaining_seconds", family="ipv4")
     assert 0 < lease <= 600, lease
     assert value(found, "anchord_reconcile_total", result="ok") >= 1
     assert value(found, "anchord_reconcile_duration_seconds_count") >= 1
     assert value(found, "anchord_docker_events_total", source="poll") >= 0
-    assert value(found, "anchord_dhcp_acquisitions_total", family="ipv4", outcome="ok") >= 1
+    assert value(found, "anchord_dhcp_acquired_total", family="ipv4", outcome="ok") >= 1
     for outcome in ("label", "conflict", "no-transit"):
         assert value(found, "anchord_label_rejections", outcome=outcome) == 0.0
     # Bounded labels: never a container, an address or a port.

@@ -213,7 +213,8 @@ class _Collector(Collector):
         for source in ("event", "poll"):
             dock.add_metric([source], s.docker_events.get(source, _Running()).total)
         yield dock
-        lease = GaugeMetricFamily("anchord_lease_remaining_seconds",
+        # Names shared with the Go anchord keep its users' dashboards and alerts working.
+        lease = GaugeMetricFamily("anchord_dhcp_lease_remaining_seconds",
                                   "Seconds until the current lease expires", labels=["family"])
         wall = time.time()
         for family, ev in sorted(s.leases.items()):
@@ -226,8 +227,10 @@ class _Collector(Collector):
         for kind in ("label", "conflict", "no-transit"):
             rej.add_metric([kind], s.rejections[kind])
         yield rej
-        acq = CounterMetricFamily("anchord_dhcp_acquisitions", "DHCP lease acquisitions by "
-                                  "family and outcome", labels=["family", "outcome"])
+        acq = CounterMetricFamily("anchord_dhcp_acquired", "DHCP lease acquisitions by "
+                                  "family and outcome (each counted once: renewals are not "
+                                  "acquisitions, a retransmission is not another timeout)",
+                                  labels=["family", "outcome"])
         for family, outcome in sorted(set(DHCP_SERIES) | set(s.dhcp)):
             running = s.dhcp.get((family, outcome), _Running())
             acq.add_metric([f"ipv{family}", outcome], running.total)
@@ -237,6 +240,10 @@ class _Collector(Collector):
         for family in sorted({4, 6} | set(s.dhcp_dropped)):
             dropped.add_metric([f"ipv{family}"], s.dhcp_dropped.get(family, _Running()).total)
         yield dropped
+        client = CounterMetricFamily("anchord_dhcp_client_restarts", "Restarts of the DHCP "
+                                     "client (the dhcp worker)")
+        client.add_metric([], s.restart_counts().get("dhcp", 0))
+        yield client
         restarts = CounterMetricFamily("anchord_worker_restarts", "Worker restarts seen on the "
                                        "bus (a new pid; the bus: a reconnection)",
                                        labels=["worker"])

@@ -196,7 +196,8 @@ class ChildLink:
         if index:
             try:
                 self.ipr.link("del", index=index)
-                log.info("macvlan child removed", extra={"fields": {"iface": self.name}})
+                # The Go anchord's words, kept for its users' scripts.
+                log.info("macvlan removed", extra={"fields": {"iface": self.name}})
             except NetlinkError as exc:
                 log.warning("could not remove the child", extra={"fields": {
                     "iface": self.name, "error": str(exc)}})

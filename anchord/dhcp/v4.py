@@ -225,7 +225,8 @@ class Dhcp4Client:
         self.wakeup = now + self.backoff.next()
 
     def _tick_selecting(self, now: float) -> None:
-        self.acquisitions["timeout"] += 1
+        if self.tries == 1:  # one timeout per attempt, not one per retransmission
+            self.acquisitions["timeout"] += 1
         self._send_discover(now)
 
     def _send_request(self, now: float) -> None:
@@ -432,7 +433,8 @@ class Dhcp4Client:
         fresh = previous is None or previous.address != lease.address
         if fresh:
             self.host.send(packets.arp_announce(self.mac, lease.address))
-        self.acquisitions["ok"] += 1
+        if self.state not in (S.RENEWING, S.REBINDING):
+            self.acquisitions["ok"] += 1  # a renewal is not an acquisition
         self.backoff.reset()
         self._go(S.BOUND, f"{lease.address}/{lease.prefixlen} for {lease_time:.0f} s "
                           f"from {lease.server}")

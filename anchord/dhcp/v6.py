@@ -337,7 +337,8 @@ class V6Client:
         self.base = now
         self.server_duid = reply.server_duid
         self.host.apply(lease, valid)
-        self.acquisitions["ok"] += 1
+        if self.state not in (S.RENEWING, S.REBINDING):
+            self.acquisitions["ok"] += 1  # a renewal is not an acquisition
         self._go(S.BOUND, f"{lease.address} for {valid:.0f} s")
         self.wakeup = now + t1
         self.host.changed(lease, previous if previous is not None else self.slaac, "bound")

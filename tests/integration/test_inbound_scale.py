@@ -35,7 +35,7 @@ def entries(net: it.Inbound, flip: set[int]) -> list[Entry]:
 
 
 def element_count(net: it.Inbound) -> int:
-    listing = it.nft_json(net.anchor, "list", "map", "ip", "anchord_v4", "tcp_ports")
+    listing = it.nft_json(net.anchor, "list", "map", "ip", "anchord_v4", "dnat_tcp")
     (m,) = [o["map"] for o in listing["nftables"] if "map" in o]  # type: ignore[attr-defined]
     return len(m.get("elem", []))
 

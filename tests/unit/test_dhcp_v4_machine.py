@@ -279,3 +279,25 @@ def test_stored_lease_is_read_against_the_wall_clock_once() -> None:
     assert client._remaining() == pytest.approx(500)
     clock.wall += 7200  # stepped after the start: still 500 s left
     assert client._remaining() == pytest.approx(500)
+
+
+def test_an_acquisition_counts_once() -> None:
+    """A renewal is not an acquisition; a retransmitted DISCOVER is not another timeout."""
+    client, _host, clock = make()
+    client.start(None)
+    client.tick()
+    for _ in range(3):
+        clock.mono = client.wakeup
+        client.tick()
+    assert client.acquisitions["timeout"] == 1
+    client.on_frame(reply(packets.OFFER, client.xid))
+    client.on_frame(reply(packets.ACK, client.xid))
+    while st(client) == State.PROBING:
+        clock.mono = client.wakeup
+        client.tick()
+    assert st(client) == State.BOUND and client.acquisitions["ok"] == 1
+    clock.advance(50)
+    client.tick()
+    assert st(client) == State.RENEWING
+    client.on_frame(reply(packets.ACK, client.xid))
+    assert st(client) == State.BOUND and client.acquisitions["ok"] == 1

@@ -88,9 +88,9 @@ def test_dhcp_counters_and_lease_remaining() -> None:
     state.handle(LeaseChanged(lease=Lease(family=4, address="192.0.2.5/24",
                                           expiry=4_000_000_000.0)), 0.0)
     text = scrape(state)
-    assert 'anchord_dhcp_acquisitions_total{family="ipv4",outcome="ok"} 2.0' in text
+    assert 'anchord_dhcp_acquired_total{family="ipv4",outcome="ok"} 2.0' in text
     assert 'anchord_dhcp_packets_dropped_total{family="ipv4"} 7.0' in text
-    assert 'anchord_lease_remaining_seconds{family="ipv4"}' in text
+    assert 'anchord_dhcp_lease_remaining_seconds{family="ipv4"}' in text
 
 
 def test_worker_restarts_counted_from_pid_changes() -> None:
@@ -150,6 +150,6 @@ def test_counter_series_exist_from_the_start() -> None:
         assert f'anchord_bus_messages_total{{topic="{cls.TOPIC.rstrip("/")}"}} 0.0' in text
     for family in ("ipv4", "ipv6"):
         for outcome in ("ok", "nak", "timeout", "conflict", "expired"):
-            assert (f'anchord_dhcp_acquisitions_total{{family="{family}",outcome="{outcome}"}} '
+            assert (f'anchord_dhcp_acquired_total{{family="{family}",outcome="{outcome}"}} '
                     "0.0") in text
         assert f'anchord_dhcp_packets_dropped_total{{family="{family}"}} 0.0' in text

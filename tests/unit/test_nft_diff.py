@@ -87,9 +87,9 @@ def test_render_diff_one_transaction_deletes_first_and_splits_maps() -> None:
              change={(4, "tcp", 81, 81): ("10.0.0.1", "10.0.0.3")})
     lines = render_diff(d).splitlines()
     assert lines == [
-        "delete element ip anchord_v4 tcp_ports { 81 }",
+        "delete element ip anchord_v4 dnat_tcp { 81 }",
         "delete element ip anchord_v4 udp_ranges { 1000-2000 }",
-        "add element ip anchord_v4 tcp_ports { 82 : 10.0.0.4, 81 : 10.0.0.3 }",
+        "add element ip anchord_v4 dnat_tcp { 82 : 10.0.0.4, 81 : 10.0.0.3 }",
         "add element ip6 anchord_v6 udp_ranges { 5000-5010 : fd00::4 }",
     ]
 
@@ -127,7 +127,7 @@ def test_parse_table_json_reads_plain_and_interval_elements() -> None:
     listing = json.dumps({"nftables": [
         {"metainfo": {"json_schema_version": 1}},
         {"table": {"family": "ip", "name": "anchord_v4", "handle": 7}},
-        {"map": {"family": "ip", "name": "tcp_ports", "table": "anchord_v4", "type": "inet_service",
+        {"map": {"family": "ip", "name": "dnat_tcp", "table": "anchord_v4", "type": "inet_service",
                  "map": "ipv4_addr", "elem": [[80, "10.0.0.1"], [443, "10.0.0.2"]]}},
         {"map": {"family": "ip", "name": "udp_ranges", "table": "anchord_v4",
                  "elem": [[{"range": [1000, 2000]}, "10.0.0.3"]]}},
@@ -250,7 +250,7 @@ def test_incremental_apply_of_one_moved_backend_touches_one_key() -> None:
     assert tables.apply_groups((big, moving)).added == 10_001
     result = tables.apply_groups((big, moving._replace(address="10.0.0.4")))
     assert (result.added, result.removed, result.changed) == (0, 0, 1)
-    assert nft.buffers[-1] == ("delete element ip anchord_v4 tcp_ports { 80 }\n"
-                               "add element ip anchord_v4 tcp_ports { 80 : 10.0.0.4 }\n")
+    assert nft.buffers[-1] == ("delete element ip anchord_v4 dnat_tcp { 80 }\n"
+                               "add element ip anchord_v4 dnat_tcp { 80 : 10.0.0.4 }\n")
     assert result.stale == (StaleBackend(4, "tcp", 80, 80, "10.0.0.3"),)
     assert result.counts[0] == EntryCount(4, "tcp", 10_001)
