@@ -37,6 +37,8 @@ STOP_DEADLINE = 25.0
 # Stopped by supervisord in its own order, after the others: the nat-writer (its tables filter
 # the LAN until the child is gone) and the bus.
 LAST_TO_STOP = frozenset({"nat-writer", "bus"})
+# supervisor.xmlrpc.Faults.SHUTDOWN_STATE: what every RPC answers while supervisord stops.
+_SHUTDOWN_STATE_FAULT = 6
 
 
 def supervisord_conf(env: Mapping[str, str]) -> Path:
@@ -102,14 +104,16 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
 
 
 def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> bool:
-    """Send SIGTERM to every worker at once, once supervisord is shutting down.
+    """Send SIGTERM to the workers at once, once supervisord is shutting down.
 
     supervisord stops programs one after another, each waiting for the last: teardown
     (release the lease, delete the tables) would take the sum of every worker's exit time.
     The workers' teardowns are independent, so they run in parallel — except the nat-writer's:
     its tables are the LAN filter, so they must outlive the child (F-9), and it is left to
     supervisord, which stops it after the dhcp worker has exited (lower priority), and the bus
-    last. Only once supervisord reports SHUTDOWN, or it would restart a worker that exits.
+    last. Only once supervisord is shutting down, or it would restart a worker that exits: in
+    that state it answers every RPC with the fault SHUTDOWN_STATE, which is the proof. The
+    workers are found as supervisord's children running ``anchord worker <name>``.
     Returns True when done (or nothing is left to do).
     """
     from supervisor.xmlrpc import SupervisorTransport
@@ -120,17 +124,41 @@ def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> bool:
         state = cast(dict[str, Any], rpc.supervisor.getState())
         if state["statename"] != "SHUTDOWN":
             return False
-        infos = cast(list[dict[str, Any]], rpc.supervisor.getAllProcessInfo())
+    except xmlrpc.client.Fault as fault:
+        if fault.faultCode != _SHUTDOWN_STATE_FAULT:
+            return True
     except (OSError, xmlrpc.client.Error):
         # supervisord is gone or not answering: its own sequential stop is all there is.
         return True
-    for info in infos:
-        if info["name"] in LAST_TO_STOP or not info["pid"]:
+    signalled = []
+    for pid, name in _workers_of(supervisord_pid).items():
+        if name in LAST_TO_STOP:
             continue
-        if info["statename"] in ("RUNNING", "STOPPING"):
-            try:
-                os.kill(int(info["pid"]), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    log.info("stopping workers together", extra={"fields": {"supervisord": supervisord_pid}})
+        try:
+            os.kill(pid, signal.SIGTERM)
+            signalled.append(name)
+        except ProcessLookupError:
+            pass
+    log.info("stopping workers together", extra={"fields": {
+        "supervisord": supervisord_pid, "workers": sorted(signalled)}})
     return True
+
+
+def _workers_of(supervisord_pid: int) -> dict[int, str]:
+    """pid -> program name of supervisord's children that run ``anchord worker <name>``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid != supervisord_pid:
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        if "worker" in words and words.index("worker") + 1 < len(words):
+            found[int(entry.name)] = words[words.index("worker") + 1]
+    return found
