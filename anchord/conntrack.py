@@ -1,7 +1,10 @@
 """Deleting conntrack entries by what they point at, through ctnetlink (pyroute2).
 
-Owns the two clean-ups the conntrack-flusher performs:
+Owns the clean-ups the conntrack-flusher performs:
 
+- ``reconcile``: every DNATed flow to the project address checked against the applied maps,
+  those whose backend is not the current one deleted (state, not messages: nothing lost on
+  the way can leave a client pinned to a dead backend);
 - ``flush_backend``: entries of a backend that vanished or moved. For a DNATed
   inbound flow the original tuple is client -> project address; the backend only
   appears as the *reply* source, so that is what we match (F-13); plus the
@@ -25,6 +28,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +52,7 @@ from pyroute2.netlink.nfnetlink.nfctsocket import (
 log = logging.getLogger(__name__)
 
 PROTO_NUMBERS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+PROTO_NAMES = {number: name for name, number in PROTO_NUMBERS.items()}
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
@@ -222,6 +227,50 @@ class Conntrack:
             work += time.perf_counter() - again
         return FlushResult(family, matched, removed, work)
 
+    def reconcile(self, family: int, project: str, backend_of: Callable[[str, int], str | None],
+                  settle: float = 0.05) -> FlushResult:
+        """Delete the DNATed flows to ``project`` whose backend is not the one the maps give now.
+
+        Works from state, not from a list of changes: one kernel-filtered dump of the flows
+        whose original destination is the project address (inbound and hairpinned); a flow
+        was DNATed when its reply source is not the project address, and that reply source is
+        its backend. ``backend_of(proto, port)`` is the applied maps' answer (normalised
+        address, or None: not exposed). Every flow whose backend differs is deleted, whatever
+        was lost on the way (a message, a restart of this worker). Then, after one ``settle``
+        pause for all of them, the reverse entries replies in flight made (original source
+        = a stale backend and port, see ``flush_backend``): one dump per stale backend.
+        """
+        addr = _norm(family, project)
+        af = _AF[family]
+        start = time.perf_counter()
+        entries = self._dump(family, "orig", NFCTAttrTuple(family=af, daddr=addr))
+        stale: list[Any] = []
+        moved: dict[str, set[tuple[int, int]]] = {}  # stale backend -> {(proto, port)}
+        for msg in entries:
+            orig = NFCTAttrTuple.from_netlink(af, msg.get_attr("CTA_TUPLE_ORIG"))
+            reply = NFCTAttrTuple.from_netlink(af, msg.get_attr("CTA_TUPLE_REPLY"))
+            proto = PROTO_NAMES.get(orig.proto or 0)
+            if proto is None or not reply.saddr or orig.dport is None:
+                continue
+            backend = _norm(family, reply.saddr)
+            if backend == addr:
+                continue  # not DNATed: a flow to anchord itself (DHCP, ICMP errors)
+            if backend_of(proto, int(orig.dport)) != backend:
+                stale.append(msg)
+                moved.setdefault(backend, set()).add((orig.proto or 0, int(reply.sport or 0)))
+        removed = self._delete(family, stale)
+        work = time.perf_counter() - start
+        if moved and settle > 0:
+            time.sleep(settle)
+            again = time.perf_counter()
+            for backend, ports in moved.items():
+                reverse = [m for m in self._dump(family, "orig",
+                                                 NFCTAttrTuple(family=af, saddr=backend))
+                           if _proto_sport(af, m) in ports]
+                removed += self._delete(family, reverse)
+            work += time.perf_counter() - again
+        return FlushResult(family, len(stale), removed, work)
+
     def flush_address(self, family: int, address: str) -> FlushResult:
         """Delete entries of an external address: egress masqueraded to it, inbound to it."""
         start = time.perf_counter()
@@ -231,6 +280,11 @@ class Conntrack:
         matched = egress + inbound
         removed = self._delete(family, matched)
         return FlushResult(family, len(matched), removed, time.perf_counter() - start)
+
+
+def _proto_sport(af: int, msg: Any) -> tuple[int, int]:
+    orig = NFCTAttrTuple.from_netlink(af, msg.get_attr("CTA_TUPLE_ORIG"))
+    return orig.proto or 0, int(orig.sport or 0)
 
 
 def flush_backend(family: int, address: str, proto: str | None = None,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, NFCTSocket
@@ -169,4 +171,69 @@ def test_flush_cost_with_ten_thousand_unrelated_entries(net: it.Inbound) -> None
     assert (res.matched, res.removed) == (1, 1)
     assert res.duration < 0.5, res
     assert len(ct_entries(net.anchor, "-f", "ipv4", "--dst", it.TRANSIT4)) >= 10_000
+    t.close()
+
+
+def _flusher_that_missed_the_move(project: str, family: int, generation: int,
+                                  entries: list[Entry]) -> tuple[Any, Any]:
+    """A conntrack-flusher that starts after the move: it never saw a stale list, only the
+    state the bus replays to a newcomer (the lease, the current table, its NatApplied)."""
+    from bus.events import BackendsDesired, Lease, LeaseChanged, NatApplied
+    from workers.conntrack_flusher import Flusher
+
+    ct = conntrack.Conntrack()
+    flusher = Flusher(ct)
+    flusher.handle(LeaseChanged(lease=Lease(family, project)))
+    flusher.handle(BackendsDesired.of(generation=generation, cause="event", event_time=0.0,
+                                      entries=entries))
+    return ct, flusher.handle(NatApplied(generation=generation, ok=True, duration=0.0,
+                                         event_time=0.0))
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_flusher_started_after_the_move_still_flushes(net: it.Inbound, family: int) -> None:
+    """F-13 from state: the stale list was lost with the old flusher; the new one finds the
+    pinned flow by checking every DNATed flow against the applied table."""
+    t, stream, _old = setup_moving_backend(net, family)
+    b2 = net.backends[1]
+    new = b2.v4 if family == 4 else b2.v6
+    project = it.PROJECT4 if family == 4 else it.PROJECT6
+    switched = time.time()
+    with it.inside(net.anchor):
+        ct, flushed = _flusher_that_missed_the_move(
+            project, family, 9, [Entry(family, "udp", 5353, 5353, new, "b2")])
+        ct.close()
+    assert [(m.family, m.reason) for m in flushed] == [(family, "backend")]
+    assert flushed[0].removed >= 1
+    it.wait_records(stream, lambda r: r[0] > switched and r[1].startswith("b2 "), 5, "b2")
+    stream.stop()
+    t.close()
+
+
+def test_a_hundred_stale_ports_flush_in_under_a_second(net: it.Inbound) -> None:
+    b1, b2 = net.backends
+    ports = range(7000, 7100)
+    with it.inside(net.anchor):
+        t = NatTables(it.EXT)
+        t.adopt()
+        assert t.apply([Entry(4, "udp", p, p, b1.v4, "b1") for p in ports]).ok
+    # One datagram per port from the LAN: 100 DNATed flows to b1 (nobody needs to answer).
+    net.lan.run(sys.executable, "-c",
+                "import socket, sys\n"
+                "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                "for p in range(7000, 7100):\n"
+                "    s.sendto(b'x', (sys.argv[1], p))\n", it.PROJECT4)
+    wait_until(lambda: len([e for e in ct_entries(net.anchor, "-p", "udp", "--dst", it.PROJECT4)
+                            if e[2] == b1.v4]) == 100, 10, what="100 flows to b1")
+    moved = [Entry(4, "udp", p, p, b2.v4, "b2") for p in ports]
+    with it.inside(net.anchor):
+        assert t.apply(moved).ok
+        ct, flushed = _flusher_that_missed_the_move(it.PROJECT4, 4, 11, moved)
+        ct.close()
+    (result,) = flushed
+    print(f"100 stale ports: {result.removed} flows removed in {result.duration * 1000:.1f} ms "
+          "of netlink work (+ one 50 ms settle)")
+    assert result.removed == 100 and result.duration < 1.0
+    assert not [e for e in ct_entries(net.anchor, "-p", "udp", "--dst", it.PROJECT4)
+                if e[2] == b1.v4]
     t.close()

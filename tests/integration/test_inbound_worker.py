@@ -21,7 +21,7 @@ import pytest
 from anchord.lifecycle import mark_shutdown
 from bus.client import BusClient
 from bus.events import Backend as Entry
-from bus.events import BackendsDesired, ConntrackFlushed, Event, NatApplied
+from bus.events import BackendsDesired, ConntrackFlushed, Event, Lease, LeaseChanged, NatApplied
 from tests.integration import inbound_topo as it
 from tests.netns import Netns, topology, wait_until
 
@@ -122,6 +122,11 @@ def test_worker_restart_keeps_tables_and_shutdown_deletes(
         writer = procs.worker(net.anchor, "nat-writer", "workers.natwriter")
         flusher = procs.worker(net.anchor, "conntrack-flusher", "workers.conntrack_flusher")
         with BusClient("test", run_dir, subscribe=(NatApplied, ConntrackFlushed)) as bus:
+            # This test plays the dhcp worker too: the project's address, level-triggered
+            # (republished on every Hello, so the restarted flusher learns it).
+            lease = LeaseChanged(lease=Lease(4, f"{it.PROJECT4}/24"))
+            bus.set_state(lambda: [lease])
+            bus.state_changed()
             gen1 = BackendsDesired.of(generation=1, cause="event", event_time=time.time(), entries=(
                 Entry(4, "tcp", 8080, 8080, b1.v4, "b1"), Entry(4, "udp", 5353, 5353, b1.v4, "b1")))
             applied = wait_event(bus, lambda e: isinstance(e, NatApplied) and e.generation == 1,
