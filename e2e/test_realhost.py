@@ -204,6 +204,33 @@ def test_a_project_variable_naming_another_project_is_refused(
         harness.run(["docker", "rm", "-f", name], check=False)
 
 
+def _open_ports(lan: RealHostLan, *argv: str) -> set[str]:
+    """``port/proto`` nmap finds open from the LAN namespace (greppable output)."""
+    out = harness.run(["ip", "netns", "exec", lan.lan_ns, "nmap", "-n", "-Pn", "-oG", "-",
+                       *argv], timeout=600).stdout
+    found = set()
+    for line in out.splitlines():
+        if "Ports:" in line:
+            for item in line.split("Ports:", 1)[1].split(","):
+                fields = item.strip().split("/")
+                if len(fields) > 2 and fields[1] == "open":
+                    found.add(f"{fields[0]}/{fields[2]}")
+    return found
+
+
+def test_a_lan_scan_finds_exactly_the_exposed_port(realhost: RealHostProject) -> None:
+    """All 65 535 TCP ports and the common UDP ones of the project's addresses (the app
+    listens on tcp+udp/8080, only tcp/8080 is labelled; anchord's own listeners), from the LAN:
+    exactly tcp/8080 answers. (SPEC F-9)"""
+    address6 = project_address6(realhost)
+    for target, extra in ((realhost.address, ()), (address6, ("-6",))):
+        tcp = _open_ports(realhost.lan, *extra, "-sT", "-p-", "--max-retries", "1", target)
+        assert tcp == {"8080/tcp"}, (target, tcp)
+        udp = _open_ports(realhost.lan, *extra, "-sU", "--top-ports", "50", "-p", "U:8080",
+                          "--max-retries", "1", target)
+        assert udp == set(), (target, udp)
+
+
 def test_port_the_app_serves_but_no_label_exposes_is_refused(realhost: RealHostProject) -> None:
     # The app answers udp/8080 too, inside its namespace; only tcp/8080 is labelled.
     result = realhost.lan.query("udp", realhost.address, APP_PORT)
