@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -21,6 +22,12 @@ from anchord.config import MetricsAddr
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], list[str]]
+# A client that sends nothing for this long is dropped: one that trickles (a slowloris from
+# the transit network) cannot hold a handler thread.
+REQUEST_TIMEOUT = 5.0
+# Handler threads at most; beyond that a new connection is closed at once, so a flood costs
+# bounded memory and /healthz answers again as soon as the flood's connections time out.
+MAX_HANDLERS = 16
 
 
 class Listener:
@@ -76,6 +83,23 @@ def _make_server(
         daemon_threads = True
         # A restarted process must get its port back while old connections sit in TIME_WAIT.
         allow_reuse_address = True
+        slots = threading.BoundedSemaphore(MAX_HANDLERS)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self.slots.acquire(blocking=False):
+                self.shutdown_request(request)  # full: refuse rather than queue
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
 
         def server_bind(self) -> None:
             if family == socket.AF_INET6 and sockaddr[0] == "::":
@@ -90,6 +114,7 @@ def _handler(registry: CollectorRegistry, ready: ReadyCheck) -> type[BaseHTTPReq
     class Handler(BaseHTTPRequestHandler):
         # Keep answers small and the connection short: scrapers and probes reconnect anyway.
         protocol_version = "HTTP/1.0"
+        timeout = REQUEST_TIMEOUT
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -100,8 +125,10 @@ def _handler(registry: CollectorRegistry, ready: ReadyCheck) -> type[BaseHTTPReq
             elif path == "/readyz":
                 try:
                     unmet = ready()
-                except Exception as exc:  # noqa: BLE001 - a broken check must read "not ready"
-                    unmet = [f"readiness_check: {exc}"]
+                except Exception:
+                    # The detail goes to the log, not to whoever asks over the network.
+                    log.exception("readiness check failed")
+                    unmet = ["readiness_check: failed (see the log)"]
                 if unmet:
                     self._answer(503, "".join(f"{line}\n" for line in unmet).encode())
                 else:
