@@ -15,6 +15,8 @@ from pathlib import Path
 
 import zmq
 
+from bus.codec import MAX_MESSAGE_BYTES
+
 log = logging.getLogger(__name__)
 
 PUB_SOCKET = "pub.ipc"  # workers publish here (broker's XSUB)
@@ -46,6 +48,9 @@ def serve(run_dir: Path, should_stop: Callable[[], bool]) -> int:
             # A slow subscriber must not make the broker buffer without bound.
             sock.setsockopt(zmq.SNDHWM, 10_000)
             sock.setsockopt(zmq.RCVHWM, 10_000)
+        # A frame larger than any real event is refused by ZeroMQ before it is read into
+        # memory (the peer is disconnected); the codec's limit then checks what passed.
+        xsub.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         for name in (PUB_SOCKET, SUB_SOCKET):
             # A broker killed with -9 leaves its socket files behind.
             (run_dir / name).unlink(missing_ok=True)

@@ -26,7 +26,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from bus.broker import endpoints
-from bus.codec import DecodeError, decode, encode
+from bus.codec import MAX_MESSAGE_BYTES, DecodeError, decode, encode
 from bus.events import CATALOGUE, Condition, Event, Hello, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class BusClient:
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self._sub.setsockopt(zmq.RCVHWM, 10_000)
+        # Size capped before receive: no frame is read into memory beyond the codec's limit.
+        self._sub.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if self._subscribe_all:
             self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         else:

@@ -180,3 +180,26 @@ def test_flood_of_malformed_frames_leaves_everyone_alive(full_bus: Bus) -> None:
     wait_until(lambda: full_bus.all_see(dict.fromkeys(PUBS, "after-flood")), 3,
                what="state flows after the flood")
     assert full_bus.alive()
+
+
+def test_an_oversized_frame_is_refused_before_it_is_read(full_bus: Bus) -> None:
+    """A frame above the codec's limit (8 MiB): ZeroMQ drops the sender at the broker
+    (MAXMSGSIZE) instead of reading it into memory; everyone else carries on."""
+    from bus.codec import MAX_MESSAGE_BYTES
+
+    pub_ep, _ = endpoints(full_bus.run_dir)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(pub_ep)
+    try:
+        for _ in range(3):
+            sock.send_multipart([b"NatApplied/", b"x" * (MAX_MESSAGE_BYTES + 1)])
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    for pub in PUBS:
+        full_bus.set(pub, "after-oversize")
+    wait_until(lambda: full_bus.all_see(dict.fromkeys(PUBS, "after-oversize")), 5,
+               what="state flows after the oversized frames")
+    assert full_bus.alive()
