@@ -240,6 +240,8 @@ class DockerApi:
 
 # --- the event stream ------------------------------------------------------------------------
 
+MAX_QUEUED = 10_000  # event reports waiting for the consumer, at most
+
 
 @dataclass(frozen=True)
 class PumpReport:
@@ -262,7 +264,10 @@ class EventPump:
         self.docker_host = docker_host
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
-        self._queue: queue.SimpleQueue[PumpReport] = queue.SimpleQueue()
+        # Bounded: a flood of events (or a stalled consumer) costs at most this many; past
+        # it, events are dropped and the consumer is told to re-list (events are only hints).
+        self._queue: queue.Queue[PumpReport] = queue.Queue(maxsize=MAX_QUEUED)
+        self._overflow = threading.Event()
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)
@@ -282,6 +287,7 @@ class EventPump:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
+        started = self._thread.ident is not None
         with self._lock:
             stream = self._stream
         if stream is not None:
@@ -289,7 +295,8 @@ class EventPump:
                 stream.close()
             except Exception:  # noqa: BLE001 - closing a dead stream may fail in many ways
                 pass
-        self._thread.join(timeout)
+        if started:
+            self._thread.join(timeout)
         for fd in (self._rfd, self._wfd):
             try:
                 os.close(fd)
@@ -307,10 +314,18 @@ class EventPump:
             try:
                 reports.append(self._queue.get_nowait())
             except queue.Empty:
-                return reports
+                break
+        if self._overflow.is_set():
+            self._overflow.clear()
+            log.warning("docker events dropped (more than %d waiting): re-listing", MAX_QUEUED)
+            reports.append(PumpReport("subscribed"))
+        return reports
 
     def _report(self, report: PumpReport) -> None:
-        self._queue.put(report)
+        try:
+            self._queue.put_nowait(report)
+        except queue.Full:
+            self._overflow.set()
         try:
             os.write(self._wfd, b"x")
         except (BlockingIOError, OSError):

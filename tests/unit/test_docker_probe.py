@@ -54,3 +54,19 @@ def test_listening_port_passes() -> None:
         s.listen()
         _reachable(f"tcp://127.0.0.1:{s.getsockname()[1]}", 10.0)
         _reachable(f"tcp://localhost:{s.getsockname()[1]}", 10.0, connect=False)
+
+
+def test_the_event_queue_is_bounded_and_an_overflow_asks_for_a_re_list() -> None:
+    from anchord import docker_state
+    from anchord.docker_state import EventPump, PumpReport
+
+    pump = EventPump("unix:///nonexistent.sock")
+    try:
+        for i in range(docker_state.MAX_QUEUED + 50):
+            pump._report(PumpReport("event", {"id": str(i)}))
+        reports = pump.drain()
+        assert len(reports) == docker_state.MAX_QUEUED + 1
+        assert reports[-1] == PumpReport("subscribed")  # the consumer re-lists
+        assert pump.drain() == []
+    finally:
+        pump.stop()
