@@ -514,7 +514,6 @@ class NatTables:
         self._nft = nft
         self.applied: Desired = {}
         self.installed = False
-        self.handles: dict[int, int | None] = {}
         self._ranges: Ranges = {}  # the range keys of `applied`
         # The groups `applied` was built from, if no entry was skipped: the base of
         # the next incremental update (None: rebuild from scratch).
@@ -534,19 +533,25 @@ class NatTables:
         first ``apply`` after a restart only changes what really differs.
         """
         applied: Desired = {}
+        unreadable: list[str] = []
         for fam, (nfam, t, _) in TABLES.items():
             try:
                 listing = self.nft.run(f"list table {nfam} {t}", json_output=True)
             except NftError:
                 continue  # not there yet: the skeleton below creates it
-            _, elements = parse_table_json(listing, fam)
+            try:
+                _, elements = parse_table_json(listing, fam)
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+                # A listing we cannot read must not block every later update: start that
+                # family's maps over (the first apply refills them, within milliseconds).
+                log.warning("cannot read the existing table: its maps are refilled", extra={
+                    "fields": {"table": t, "error": str(exc)[:200]}})
+                unreadable.extend(f"flush map {nfam} {t} {name}\n" for name in MAP_PROTOS)
+                continue
             applied.update(elements)
         adopted = len(applied)
         self.nft.run("".join(render_skeleton(self.ext_iface, fam, self.lan_ifaces)
-                             for fam in FAMILIES))
-        for fam, (nfam, t, _) in TABLES.items():
-            self.handles[fam] = parse_table_json(
-                self.nft.run(f"list table {nfam} {t}", json_output=True), fam)[0]
+                             for fam in FAMILIES) + "".join(unreadable))
         self.applied, self._ranges, self._groups = applied, _ranges_of(applied), None
         self._counts = counts(applied)
         self.installed = True
@@ -583,7 +588,12 @@ class NatTables:
                 log.warning("desired entry skipped", extra={"fields": {"problem": p}})
             d = diff(self.applied, want.table, want.touched)
             if d:
-                self.nft.run(render_diff(d))
+                try:
+                    self.nft.run(render_diff(d))
+                except NftError as exc:
+                    if len(d.add) + len(d.remove) + len(d.change) <= 1:
+                        raise
+                    return self._apply_one_by_one(d, want, start, str(exc))
         except (NftError, OSError) as exc:
             # The transaction is atomic: nothing changed. Re-list on the next try
             # in case someone removed our tables behind our back.
@@ -613,6 +623,45 @@ class NatTables:
             counts=self._counts,
             skipped=tuple(want.problems),
         )
+
+    def _apply_one_by_one(self, d: Diff, want: _Wanted, start: float,
+                          error: str) -> ApplyResult:
+        """The batch was refused (one element the kernel rejects): apply each change as a
+        transaction of its own, so that one bad element cannot block every later update.
+        Each refused one is reported and left as it was; the next apply tries it again.
+        """
+        table = dict(self.applied)
+        refused: list[str] = []
+        steps: list[tuple[Key, Diff]] = [
+            *((k, Diff(remove={k: old})) for k, old in d.remove.items()),
+            *((k, Diff(change={k: pair})) for k, pair in d.change.items()),
+            *((k, Diff(add={k: new})) for k, new in d.add.items()),
+        ]
+        for key, step in steps:
+            try:
+                self.nft.run(render_diff(step))
+            except NftError as exc:
+                refused.append(f"{key[0]}/{key[1]}/{key[2]}-{key[3]}: {exc}")
+                continue
+            if step.remove:
+                table.pop(key, None)
+            else:
+                table[key] = want.table[key]
+        if len(refused) == len(steps):
+            # Nothing went in: the tables themselves are the problem; re-list next time.
+            self.installed = False
+            return ApplyResult(ok=False, duration=time.perf_counter() - start, error=error,
+                               counts=counts(self.applied))
+        log.warning("nft refused the batch: applied change by change", extra={"fields": {
+            "error": error, "refused": refused}})
+        stale = stale_backends(self.applied, table, None, _ranges_of(table))
+        self.applied, self._ranges, self._groups = table, _ranges_of(table), None
+        self._counts = counts(table)
+        return ApplyResult(
+            ok=True, duration=time.perf_counter() - start,
+            added=len(d.add), removed=len(d.remove), changed=len(d.change),
+            stale=tuple(stale), counts=self._counts,
+            skipped=(*want.problems, *(f"refused by nft: {r}" for r in refused)))
 
     def _desired(self, groups: tuple[BackendGroup, ...]) -> _Wanted:
         """The table ``groups`` describe, built from what changed when that is exact.

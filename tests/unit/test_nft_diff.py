@@ -12,6 +12,7 @@ from anchord import nft as nft_module
 from anchord.nft import (
     Diff,
     NatTables,
+    NftError,
     counts,
     desired_from,
     diff,
@@ -254,3 +255,40 @@ def test_incremental_apply_of_one_moved_backend_touches_one_key() -> None:
                                "add element ip anchord_v4 dnat_tcp { 80 : 10.0.0.4 }\n")
     assert result.stale == (StaleBackend(4, "tcp", 80, 80, "10.0.0.3"),)
     assert result.counts[0] == EntryCount(4, "tcp", 10_001)
+
+
+class _RefusingNft(_RecordingNft):
+    """libnftables that refuses any transaction naming ``bad``."""
+
+    def __init__(self, bad: str) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def run(self, commands: str, json_output: bool = False) -> str:
+        if self.bad in commands:
+            raise NftError(f"Could not process rule: {self.bad}")
+        return super().run(commands, json_output)
+
+
+def test_one_element_the_kernel_refuses_does_not_block_the_others() -> None:
+    nft = _RefusingNft("10.0.0.66")
+    tables = NatTables("ext", nft=nft)  # type: ignore[arg-type]
+    tables.installed = True
+    good = [Backend(4, "tcp", p, p, "10.0.0.5", "web") for p in (80, 443)]
+    result = tables.apply([*good, Backend(4, "udp", 53, 53, "10.0.0.66", "dns")])
+    assert result.ok and tables.installed
+    assert set(tables.applied) == {(4, "tcp", 80, 80), (4, "tcp", 443, 443)}
+    assert any("refused by nft" in s and "udp/53-53" in s for s in result.skipped)
+    # The next change still goes in.
+    nft.bad = "never-matches"
+    again = tables.apply([*good, Backend(4, "tcp", 8080, 8080, "10.0.0.5", "web")])
+    assert again.ok and (4, "tcp", 8080, 8080) in tables.applied
+    assert (4, "udp", 53, 53) not in tables.applied
+
+
+def test_a_refused_batch_of_only_bad_changes_re_lists_the_tables() -> None:
+    nft = _RefusingNft("dnat_tcp")  # as if the tables were gone: everything refused
+    tables = NatTables("ext", nft=nft)  # type: ignore[arg-type]
+    tables.installed = True
+    result = tables.apply([Backend(4, "tcp", p, p, "10.0.0.5", "web") for p in (80, 443)])
+    assert not result.ok and not tables.installed and tables.applied == {}
