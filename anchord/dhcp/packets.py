@@ -20,6 +20,8 @@ from scapy.layers.l2 import ARP, Ether
 
 BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
 MAGIC = b"\x63\x82\x53\x63"
+MIN_BOOTP = 300  # RFC 1542 2.1: relay agents may drop a shorter BOOTP message
+OVERLOAD = 52  # RFC 2132 9.3: options continue in `file` (1), `sname` (2) or both (3)
 MAX_MESSAGE = 1500  # we announce 1500 (option 57); anything larger is not for us
 
 DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6, 7, 8
@@ -90,20 +92,29 @@ def build(
         ("client_id", client_id(mac)),
     ]
     if msg_type in (DISCOVER, REQUEST, INFORM):
-        options += [("max_dhcp_size", MAX_MESSAGE), ("hostname", hostname.encode()),
-                    ("client_FQDN", fqdn(hostname)),
-                    ("param_req_list", PARAMETER_REQUEST)]
+        options.append(("max_dhcp_size", MAX_MESSAGE))
+        # RFC 4702 3.1: a client sends option 81 *or* option 12, never both: the FQDN option
+        # when the name carries a domain, the plain host name otherwise.
+        if "." in hostname.strip("."):
+            options.append(("client_FQDN", fqdn(hostname)))
+        else:
+            options.append(("hostname", hostname.encode()))
+        options.append(("param_req_list", PARAMETER_REQUEST))
     if requested:
         options.append(("requested_addr", requested))
     if server_id:
         options.append(("server_id", server_id))
     options.append("end")
+    bootp = BOOTP(op=1, htype=1, hlen=6, xid=xid, secs=min(secs, 0xFFFF), ciaddr=ciaddr,
+                  chaddr=mac_bytes(mac) + b"\x00" * 10)
+    short = MIN_BOOTP - len(bytes(bootp / DHCP(options=options)))
+    if short > 0:
+        options += ["pad"] * short
     frame = (
         Ether(src=mac, dst=dst_mac)
         / IP(src=src_ip, dst=dst_ip, ttl=64)
         / UDP(sport=68, dport=67)
-        / BOOTP(op=1, htype=1, hlen=6, xid=xid, secs=min(secs, 0xFFFF), ciaddr=ciaddr,
-                chaddr=mac_bytes(mac) + b"\x00" * 10)
+        / bootp
         / DHCP(options=options)
     )
     return bytes(frame)
@@ -121,18 +132,22 @@ def arp_announce(mac: str, address: str) -> bytes:
                  / ARP(op=1, hwsrc=mac, psrc=address, hwdst="00:00:00:00:00:00", pdst=address))
 
 
-def parse_options(data: bytes) -> dict[int, bytes]:
-    """Strict TLV walk of the options field (after the magic cookie).
+def parse_options(data: bytes, options: dict[int, bytes] | None = None,
+                  need_end: bool = True) -> dict[int, bytes]:
+    """Strict TLV walk of one options area (after the magic cookie, or an overloaded
+    ``file``/``sname`` field), into ``options``.
 
-    A length running past the end, a missing end option, a repeated option
-    (RFC 3396 concatenation is not worth the attack surface for a client) are
-    errors.
+    A length running past the end and a missing end option (in the options field) are
+    errors. An option that appears again is concatenated to what came before (RFC 3396:
+    servers split anything over 255 octets, e.g. a long option 121, that way).
     """
-    options: dict[int, bytes] = {}
+    options = {} if options is None else options
     i = 0
     while True:
         if i >= len(data):
-            raise Malformed("missing_end")
+            if need_end:
+                raise Malformed("missing_end")
+            return options
         code = data[i]
         if code == 255:
             return options
@@ -145,10 +160,23 @@ def parse_options(data: bytes) -> dict[int, bytes]:
         value = data[i + 2:i + 2 + length]
         if len(value) != length:
             raise Malformed("bad_option_length", f"option {code} length {length}")
-        if code in options:
-            raise Malformed("repeated_option", f"option {code}")
-        options[code] = value
+        options[code] = options.get(code, b"") + value
         i += 2 + length
+
+
+def all_options(payload: bytes) -> dict[int, bytes]:
+    """The options of a BOOTP payload: the options field, then (option 52) ``file`` and
+    ``sname``, in RFC 3396's order, each option concatenated across them."""
+    options = parse_options(payload[240:])
+    overload = options.get(OVERLOAD)
+    if overload is not None:
+        if len(overload) != 1 or overload[0] not in (1, 2, 3):
+            raise Malformed("bad_overload", overload.hex())
+        if overload[0] & 1:
+            parse_options(payload[108:236], options, need_end=False)
+        if overload[0] & 2:
+            parse_options(payload[44:108], options, need_end=False)
+    return options
 
 
 def _ip4(value: bytes | None, what: str) -> str:
@@ -229,7 +257,7 @@ def parse_reply(frame: bytes, mac: str, xid: int) -> Reply:
         raise Malformed("wrong_mac")
     if payload[236:240] != MAGIC:
         raise Malformed("no_magic")
-    options = parse_options(payload[240:])
+    options = all_options(payload)
     mtype = options.get(53, b"")
     if len(mtype) != 1 or mtype[0] not in (OFFER, ACK, NAK):
         raise Malformed("bad_message_type")
@@ -247,13 +275,17 @@ def parse_reply(frame: bytes, mac: str, xid: int) -> Reply:
         raise Malformed("no_lease_time")
     prefixlen = _prefixlen(options.get(1), yiaddr)
     router = ""
+    classless = False
     if 121 in options:
         try:
             router = classless_default(options[121]) or ""
+            classless = True
         except Malformed:
             # A bad option 121 is ignored as a whole, the rest of the reply is fine.
             router = ""
-    if not router and 3 in options:
+    # RFC 3442: with a (valid) option 121 the client ignores option 3, even when 121 has
+    # no default route.
+    if not classless and 3 in options:
         routers = options[3]
         if not routers or len(routers) % 4:
             raise Malformed("bad_option_length", "router")

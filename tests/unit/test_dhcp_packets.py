@@ -30,9 +30,11 @@ def test_option_121_default_route_wins() -> None:
     (lambda f: f[:200], "truncated"),
     (lambda f: f[:-1], "missing_end"),
     (lambda f: f[:-1] + b"\x0c\x20abc\xff", "bad_option_length"),
-    (lambda f: f[:-1] + b"\x35\x01\x02\xff", "repeated_option"),
+    # RFC 3396: a repeated option is concatenated; here that makes it invalid.
+    (lambda f: f[:-1] + b"\x35\x01\x02\xff", "bad_message_type"),
     (lambda f: f[:70] + b"\x00" * 6 + f[76:], "wrong_mac"),
-    (lambda f: f[:-1] + b"\x01\x04\xff\x00\xff\x00\xff", "repeated_option"),
+    (lambda f: f[:-1] + b"\x01\x04\xff\x00\xff\x00\xff", "bad_option_length"),
+    (lambda f: f[:-1] + b"\x34\x01\x07\xff", "bad_overload"),
 ])
 def test_malformed_v4_rejected_with_reason(mutate: object, reason: str) -> None:
     frame = reply(packets.OFFER, 5)
@@ -130,3 +132,49 @@ def test_backoff_doubles_with_jitter_and_caps() -> None:
     assert all(d <= 20 for d in delays) and delays[-1] >= 18
     b.reset()
     assert b.next() <= 4.4
+
+
+def _with_file(frame: bytes, file_area: bytes, sname_area: bytes = b"") -> bytes:
+    """``frame`` with its BOOTP ``file`` (and ``sname``) field replaced (lengths unchanged)."""
+    base = 14 + 20 + 8  # Ethernet + IPv4 + UDP headers of reply()
+    file_area = file_area.ljust(128, b"\x00")
+    sname_area = sname_area.ljust(64, b"\x00")
+    return frame[:base + 44] + sname_area + file_area + frame[base + 236:]
+
+
+def test_rfc3396_a_split_option_121_is_concatenated() -> None:
+    """Kea and ISC split anything over 255 octets: here option 121 in two instances."""
+    value = bytes([24, 10, 1, 2, 10, 0, 0, 1]) + bytes([0, 10, 0, 0, 253])  # a /24, default
+    first, second = value[:6], value[6:]
+    extra = bytes([121, len(first)]) + first + bytes([121, len(second)]) + second
+    parsed = packets.parse_reply(reply(packets.ACK, 5, extra=extra), MAC, 5)
+    assert parsed.router == "10.0.0.253"
+    # Either part alone is a malformed 121 (ignored as a whole): the split must be joined.
+    with pytest.raises(packets.Malformed):
+        packets.classless_default(first)
+
+
+def test_rfc2132_overloaded_file_and_sname_are_read() -> None:
+    """Option 52: the options go on in `file` (1), `sname` (2) or both (3)."""
+    frame = reply(packets.ACK, 5, extra=b"\x34\x01\x03")
+    # The default route in `file`, T1 in `sname`.
+    overloaded = _with_file(frame, b"\x79\x05\x00\x0a\x00\x00\xfe\xff",
+                            b"\x3a\x04\x00\x00\x00\x1e\xff")
+    parsed = packets.parse_reply(overloaded, MAC, 5)
+    assert parsed.router == "10.0.0.254" and parsed.t1 == 30
+
+
+def test_rfc3442_option_121_without_a_default_route_hides_option_3() -> None:
+    frame = reply(packets.ACK, 5, extra=b"\x79\x08\x18\x0a\x01\x02\x0a\x00\x00\x01")
+    assert packets.parse_reply(frame, MAC, 5).router == ""  # not option 3's 10.0.0.1
+
+
+def test_rfc4702_option_12_or_81_never_both_and_rfc1542_length() -> None:
+    bare = packets.build(packets.DISCOVER, MAC, 1, "mail")
+    opts = packets.parse_options(bare[42 + 240:])
+    assert opts[12] == b"mail" and 81 not in opts
+    full = packets.build(packets.REQUEST, MAC, 1, "mail.example.org", requested="10.0.0.5")
+    opts = packets.parse_options(full[42 + 240:])
+    assert 12 not in opts and opts[81][3:] == b"\x04mail\x07example\x03org\x00"[:-1]
+    for frame in (bare, full, packets.build(packets.RELEASE, MAC, 1, "mail")):
+        assert len(frame) - 42 >= 300  # the BOOTP message, after Ethernet/IPv4/UDP
