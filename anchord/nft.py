@@ -394,7 +394,10 @@ def render_skeleton(ext_iface: str, family: int, lan_ifaces: Iterable[str] = ())
         ("ext_in", "", [
             "ct state established,related accept",
             *icmp_hygiene,
-            "udp sport 67 udp dport 68 accept" if v4 else "udp sport 547 udp dport 546 accept",
+            # DHCP replies reach the client on its packet socket before this hook; no UDP
+            # socket listens, so letting them in would only draw an ICMP port unreachable
+            # from the child for every unicast ACK. Dropped silently.
+            "udp sport 67 udp dport 68 drop" if v4 else "udp sport 547 udp dport 546 drop",
             "meta l4proto icmp accept" if v4 else "meta l4proto ipv6-icmp accept",
             # Answer like a closed port on a real server, never a silent drop.
             "meta l4proto tcp reject with tcp reset",

@@ -22,6 +22,7 @@ address, and before the parent is stripped it is dropped rather than leaked by t
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -165,3 +166,32 @@ def test_no_arp_answer_for_the_containers_internal_addresses(edge: Edge) -> None
     edge.lan.run("ping", "-c", "1", "-W", "1", it.PROJECT4)
     child_mac = json.loads(edge.anchor.run("ip", "-j", "link", "show", it.EXT))[0]["address"]
     assert child_mac in edge.lan.run("ip", "neigh", "show", it.PROJECT4, "dev", "eth0")
+
+
+UNICAST_ACK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[2])))
+s.connect((sys.argv[1], int(sys.argv[3])))
+s.settimeout(1.0)
+s.send(b"x" * 300)
+try:
+    s.recv(100)
+    print("answer")
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("silent")
+"""
+
+
+def test_a_unicast_dhcp_reply_draws_no_port_unreachable(edge: Edge) -> None:
+    """A server's unicast ACK (from 67 to 68) is for the packet socket: the child must not
+    answer it with ICMP port unreachable; another UDP port still is refused like a closed
+    port on a real server."""
+    def outcome(sport: int, dport: int) -> str:
+        return edge.lan.run(sys.executable, "-c", UNICAST_ACK, it.PROJECT4, str(sport),
+                            str(dport)).strip()
+
+    assert outcome(67, 68) == "silent"
+    assert outcome(5067, 69) == "refused"
