@@ -65,6 +65,7 @@ PROBE_WAIT = 0.5
 # RFC 2131 3.1.5 asks for 10 s after a DECLINE; a conflict is rare, we keep it.
 DECLINE_WAIT = 10.0
 REQUEST_TRIES = 4  # REQUESTING: REQUESTs without an answer before starting over
+NAK_RESTART = 1.0  # seconds at most from a NAK to the new DISCOVER
 REBOOT_TRIES = 2  # REBOOTING: REQUESTs before resuming the stored lease as is
 
 
@@ -340,6 +341,7 @@ class Dhcp4Client:
             self.offer, self.offer_mac = reply, src_mac
             self._go(S.REQUESTING, f"offer of {reply.yiaddr} from {reply.server_id}")
             self.tries = 0
+            self.backoff.reset()  # a new exchange: its retransmissions start short again
             self._send_request(now)
         elif reply.msg_type == packets.ACK:
             self._on_ack(reply, src_mac, now)
@@ -373,6 +375,12 @@ class Dhcp4Client:
                 reply.server_id and reply.server_id != self.lease.server:
             self.dropped["nak_from_other_server"] += 1
             return
+        # In REQUESTING only the chosen server's NAK counts (the REQUEST names it; another
+        # server's NAK on a shared segment is not about our offer).
+        if self.state == S.REQUESTING and self.offer is not None and \
+                reply.server_id and reply.server_id != self.offer.server_id:
+            self.dropped["nak_from_other_server"] += 1
+            return
         self.acquisitions["nak"] += 1
         if self.lease is not None:
             lost = self.lease
@@ -380,8 +388,9 @@ class Dhcp4Client:
             self.lease = None
             self.host.changed(None, lost, "nak")
         self._go(S.INIT, f"nak from {reply.server_id or reply.src_ip}")
-        # A server that NAKs at once would otherwise be asked again in a tight loop.
-        self.wakeup = now + self.backoff.next()
+        # RFC 2131 3.1: start over at once; within a second, not a growing backoff (a server
+        # that NAKs everything is then asked once a second, not in a tight loop).
+        self.wakeup = now + min(NAK_RESTART, self.backoff.next())
 
     def on_arp(self, frame: bytes) -> None:
         """An ARP frame: during PROBING, someone else using or probing our address."""
@@ -417,6 +426,10 @@ class Dhcp4Client:
         t1, t2 = float(reply.t1), float(reply.t2)
         if not 0 < t1 < lease_time:
             t1 = lease_time * 0.5
+            if 0 < t2 < lease_time and t1 >= t2:
+                # T2 given without T1, earlier than the default T1: keep T2, and renew before
+                # it in the defaults' proportion (0.5 : 0.875).
+                t1 = t2 * 0.5 / 0.875
         if not t1 < t2 < lease_time:
             t2 = lease_time * 0.875
         t1 = min(t1, t2)

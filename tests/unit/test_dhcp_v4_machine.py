@@ -301,3 +301,48 @@ def test_an_acquisition_counts_once() -> None:
     assert st(client) == State.RENEWING
     client.on_frame(reply(packets.ACK, client.xid))
     assert st(client) == State.BOUND and client.acquisitions["ok"] == 1
+
+
+def test_after_a_nak_discover_again_within_a_second() -> None:
+    client, host, clock = make()
+    bind(client, host, clock)
+    clock.advance(50)
+    client.tick()
+    assert st(client) == State.RENEWING
+    for _ in range(5):  # even a server that NAKs everything is asked again within 1 s
+        client.on_frame(reply(packets.NAK, client.xid, lease=0))
+        assert st(client) == State.INIT and client.wakeup - clock.mono <= 1.0
+        clock.mono = client.wakeup
+        client.tick()
+        assert st(client) == State.SELECTING and sent_type(host.sent[-1]) == packets.DISCOVER
+        client.on_frame(reply(packets.OFFER, client.xid))
+        assert st(client) == State.REQUESTING
+
+
+def test_an_offer_restarts_the_backoff_and_only_the_chosen_server_may_nak() -> None:
+    client, _host, clock = make()
+    client.start(None)
+    client.tick()
+    for _ in range(4):  # unanswered DISCOVERs: the backoff grows
+        clock.mono = client.wakeup
+        client.tick()
+    client.on_frame(reply(packets.OFFER, client.xid, server="10.0.0.1"))
+    assert st(client) == State.REQUESTING and client.wakeup - clock.mono <= 4.5
+    client.on_frame(reply(packets.NAK, client.xid, lease=0, server="10.0.0.99"))
+    assert st(client) == State.REQUESTING  # not the server we asked
+    client.on_frame(reply(packets.NAK, client.xid, lease=0, server="10.0.0.1"))
+    assert st(client) == State.INIT
+
+
+def test_t2_given_without_t1_is_kept() -> None:
+    client, _host, clock = make()
+    t2_only = bytes([59, 4]) + struct.pack("!I", 30)  # T2 30 s of a 100 s lease, no T1
+    client.start(None)
+    client.tick()
+    client.on_frame(reply(packets.OFFER, client.xid))
+    client.on_frame(reply(packets.ACK, client.xid, extra=t2_only))
+    while st(client) == State.PROBING:
+        clock.mono = client.wakeup
+        client.tick()
+    assert client.lease is not None
+    assert client.lease.t2 == 30 and 0 < client.lease.t1 < 30
