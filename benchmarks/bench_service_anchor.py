@@ -128,9 +128,11 @@ def follow(env: Env, changes: int) -> None:
         current = "gw2" if current == "gw1" else "gw1"
         env.answer(V4_GW[current], V6_GW[current])
         t0 = time.monotonic()
-        wait_until(lambda gw=current: env.default_slot() == [V4_GW[gw]]
-                   and env.default_slot(v6=True) == [V6_GW[gw]], 10, interval=0.01,
-                   what=f"route via {current}")
+        def moved(gw: str = current) -> bool:
+            return env.default_slot() == [V4_GW[gw]] and \
+                env.default_slot(v6=True) == [V6_GW[gw]]
+
+        wait_until(moved, 10, interval=0.01, what=f"route via {current}")
         times.append(time.monotonic() - t0)
     assert stop(proc) == 0
     print(f"route follows a changed answer (resolve interval 1s, {changes} changes): "

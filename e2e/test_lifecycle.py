@@ -383,5 +383,6 @@ def test_s6_stop_keeps_the_leases_and_tears_down_release_when_asked(
     assert f"DHCPRELEASE(eth0) {v4} {mac}" in dhcp_log, dhcp_log[-3000:]
     # A DHCPv6 Release names the client's DUID (DUID-LL of the MAC), not the address.
     assert f"DHCPRELEASE(eth0) 00:03:00:01:{mac}" in dhcp_log, dhcp_log[-3000:]
-    said = [line["message"] for line in json_log_lines(stack.project.logs("anchord"))]
-    assert any(m.startswith("dhcpv4 bound -> stopped (released)") for m in said), said[-20:]
+    messages = [line["message"] for line in json_log_lines(stack.project.logs("anchord"))]
+    assert any(m.startswith("dhcpv4 bound -> stopped (released)") for m in messages), \
+        messages[-20:]

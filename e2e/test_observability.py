@@ -123,7 +123,7 @@ def answered(stack: Stack, url: str, via: str = "scraper") -> dict[str, Any] | N
 def healthz_from_scraper(stack: Stack, host: str) -> dict[str, Any]:
     """``host``:9090/healthz as the scraper gets it, once the listener answers."""
     return wait_until(
-        lambda: answered(stack, f"http://{host}:9090/healthz"),
+        lambda: answered(stack, f"http://{host}:9090/healthz") or {},
         60,
         interval=0.5,
         message=f"{host}:9090/healthz answering the scraper",

@@ -261,9 +261,12 @@ def test_realhost_example_serves_ipv6_with_real_sources(example: Example) -> Non
     address6 = harness.wait_until(example.address6, 30, interval=0.3,
                                   message="a SLAAC address for the project")
     for port in MAIL_PORTS:
-        result = harness.wait_until(
-            lambda p=port: (r := example.lan_query(p, address=address6)).get("reply") and r,
-            30, interval=0.3, message=f"tcp/{port} answering on [{address6}]")
+        def answered(p: int = port) -> dict[str, Any]:
+            r = example.lan_query(p, address=address6)
+            return r if "reply" in r else {}
+
+        result = harness.wait_until(answered, 30, interval=0.3,
+                                    message=f"tcp/{port} answering on [{address6}]")
         assert answered_by_postfix(result, port, LAN_ADDRESS6), result
 
 

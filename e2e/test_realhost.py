@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -135,9 +136,12 @@ def test_lan_host_reaches_the_app_over_ipv6_with_its_own_address(
     realhost: RealHostProject,
 ) -> None:
     address6 = project_address6(realhost)
-    result = harness.wait_until(
-        lambda: (r := realhost.lan.query("tcp", address6, APP_PORT, 2.0)).get("reply") and r,
-        30, interval=0.3, message=f"tcp/{APP_PORT} answering on [{address6}]")
+    def answered() -> dict[str, Any]:
+        r = realhost.lan.query("tcp", address6, APP_PORT, 2.0)
+        return r if "reply" in r else {}
+
+    result = harness.wait_until(answered, 30, interval=0.3,
+                                message=f"tcp/{APP_PORT} answering on [{address6}]")
     answer = reply(result)
     assert (answer["service"], answer["port"]) == ("web", APP_PORT), result
     assert answer["peer"] == LAN_ADDRESS6 == result["local"], result

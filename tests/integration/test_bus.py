@@ -102,8 +102,10 @@ def test_three_publishers_three_subscribers_converge(full_bus: Bus) -> None:
         for pub in PUBS:
             full_bus.set(pub, f"v{i}")
         if i % 5 == 0:
-            wait_until(lambda i=i: full_bus.all_see(dict.fromkeys(PUBS, f"v{i}")), 2,
-                       what=f"round {i}")
+            def round_seen(i: int = i) -> bool:
+                return full_bus.all_see(dict.fromkeys(PUBS, f"v{i}"))
+
+            wait_until(round_seen, 2, what=f"round {i}")
     wait_until(lambda: full_bus.all_see(dict.fromkeys(PUBS, "v19")), 2, what="last round")
 
 

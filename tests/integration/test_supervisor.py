@@ -281,8 +281,11 @@ def test_fatal_worker_shows_as_not_ready(anchor_with_flusher: Anchor, tmp_path: 
     assert re.search(r"^worker_conntrack-flusher: no heartbeat for \d+s$", body, re.M), body
     assert 'anchord_worker_up{worker="conntrack-flusher"} 0.0' in a.http("/metrics")[1]
     # The readiness file follows within the metrics worker's next loop (a second).
-    health = wait_until(lambda: "worker_conntrack-flusher" in (h := a.anchord("healthcheck"))
-                        and h, 5, what="`anchord healthcheck` names the FATAL worker")
+    def names_it() -> str:
+        h = a.anchord("healthcheck")
+        return h if "worker_conntrack-flusher" in h else ""
+
+    health = wait_until(names_it, 5, what="`anchord healthcheck` names the FATAL worker")
     assert health.startswith("not ready: ") and "worker_conntrack-flusher: no heartbeat" in health
     text = a.anchord("status")
     assert re.search(r"^  conntrack-flusher +FATAL\b", text, re.M), text

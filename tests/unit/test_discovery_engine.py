@@ -283,12 +283,12 @@ def test_die_withdraws_at_once_without_waiting_on_an_inspect() -> None:
 
 def test_self_not_found_reports_and_later_keeps_the_last_table() -> None:
     r = Rig(ANCHORD, web())
-    r.d._macs = set  # type: ignore[assignment]  # nothing matches: not our namespace
+    r.d._macs = set  # nothing matches: not our namespace
     r.subscribe()
     d = r.d.desired
     assert d is not None and d.entries == () and d.transit_network == ""
     assert [x.kind for x in d.rejections] == ["no-transit"]
-    r.d._macs = lambda: {"02:42:00:00:00:02"}  # type: ignore[assignment]
+    r.d._macs = lambda: {"02:42:00:00:00:02"}
     r.now += 31
     r.d.step()
     good = r.d.desired

@@ -16,7 +16,7 @@ from anchord.config import MetricsAddr
 
 def _healthz(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as resp:
-        return resp.read().decode()
+        return str(resp.read().decode())
 
 
 def test_idle_connections_cannot_starve_healthz(monkeypatch: pytest.MonkeyPatch) -> None:

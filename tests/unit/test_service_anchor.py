@@ -16,6 +16,7 @@ import pytest
 
 from anchord import health
 from anchord.config import MetricsAddr, ServiceAnchorConfig
+from anchord.health import HEALTH_FILE
 from anchord.httpserve import serve
 from anchord.routes import RouteError, RouteTable
 from workers import service_anchor as sa
@@ -60,7 +61,7 @@ def keeper(tmp_path: Path) -> tuple[sa.RouteKeeper, FakeRoutes, sa.Metrics, Cloc
     config = ServiceAnchorConfig(mode="service-anchor", metrics_addr=None, run_dir=tmp_path,
                                  gateway_hostname="anchord", gateway_resolve_interval=5.0)
     routes, metrics, clock = FakeRoutes(), sa.Metrics(), Clock()
-    health = sa.HealthFile(tmp_path / sa.HEALTH_FILE, clock=clock)
+    health = sa.HealthFile(tmp_path / HEALTH_FILE, clock=clock)
     k = sa.RouteKeeper(config, cast(RouteTable, routes), metrics, health, clock=clock)
     return k, routes, metrics, clock
 
@@ -214,7 +215,7 @@ def test_existing_route_via_the_answer_is_adopted_without_a_write(keeper: Any) -
 def test_health_file_follows_readiness(keeper: Any, tmp_path: Path) -> None:
     k, _, _, clock = keeper
     clock.now = time.time()  # health.check compares with the wall clock
-    path = tmp_path / sa.HEALTH_FILE
+    path = tmp_path / HEALTH_FILE
     k.refresh()
     state = json.loads(path.read_text())
     assert state["ready"] is False and "default_route" in state["unmet"]
@@ -227,7 +228,7 @@ def test_health_file_follows_readiness(keeper: Any, tmp_path: Path) -> None:
     assert health.check(tmp_path) == (True, "ready")
     assert state["routes"] == {"ipv4": "10.0.0.1", "ipv6": None}
     assert state["time"] > 0
-    assert [p.name for p in tmp_path.iterdir()] == [sa.HEALTH_FILE]  # no temp file left
+    assert [p.name for p in tmp_path.iterdir()] == [HEALTH_FILE]  # no temp file left
 
 
 def test_health_file_is_refreshed_well_inside_the_healthcheck_staleness_limit() -> None:

@@ -11,7 +11,7 @@ from anchord.spans import Spans
 
 def test_overlapping_matches_a_scan_as_ranges_come_and_go() -> None:
     rng = random.Random(11)
-    spans, plain = Spans(), set()
+    spans, plain = Spans(), set[tuple[int, int]]()
     for _ in range(3000):
         a = rng.randrange(1, 2000)
         b = a + rng.randrange(0, 30)
