@@ -238,8 +238,10 @@ def test_restart_versus_shutdown(anchor: Anchor) -> None:
     assert took < 10, f"stop took {took:.1f}s"
     lines = anchor.probe_out.read_text().split()
     assert lines[-1] == "shutdown"
-    # Every program was stopped, none left behind.
-    assert not (anchor.run_dir / "supervisord.pid").exists() or anchor.proc.poll() is not None
+    # Every program was stopped, none left behind: no process is left in the namespace the
+    # entry process and everything it started ran in.
+    left = sh("ip", "netns", "pids", anchor.ns.name).split()
+    assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
 
 
 def test_status_counts_restarts_of_workers_the_bus_and_metrics(anchor_with_flusher: Anchor) -> None:
