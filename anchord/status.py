@@ -149,6 +149,12 @@ def render_text(report: Report) -> str:
             left_s = f", {_duration(left)} left" if left is not None else ""
             server = f" from {lease['server']}" if lease.get("server") else ""
             out.append(f"  {fam} {lease['address']} ({lease['source']}{server}{left_s})")
+            times = [f"{name} {_duration(lease[key])}" for name, key in (
+                ("lease", "lease_time"), ("T1", "t1"), ("T2", "t2")) if lease.get(key)]
+            if lease.get("gateway"):
+                times.insert(0, f"gateway {lease['gateway']}")
+            if times:
+                out.append(f"    {', '.join(times)}")
     else:
         out.append("addresses: none yet")
     if report.ports:
@@ -159,7 +165,8 @@ def render_text(report: Report) -> str:
                        f"{p['address']}")
     if report.rejections:
         out.append("rejected:")
-        out.extend(f"  {r['container']}: {r['reason']}" for r in report.rejections)
+        out.extend(f"  [{r.get('kind', 'label')}] {r['container']}: {r['reason']}"
+                   for r in report.rejections)
     if report.processes:
         out.append("workers:")
         for proc in report.processes:
@@ -167,4 +174,10 @@ def render_text(report: Report) -> str:
             if proc.get("restarts") is not None:
                 details.append(f"restarts {proc['restarts']}")
             out.append(f"  {proc['name']:<18} {proc['state']:<9} {', '.join(details)}".rstrip())
+            # What --json shows too: each worker's own conditions (discovery "reconnecting…").
+            worker = report.workers.get(proc["name"], {})
+            for cond in worker.get("conditions", []):
+                if cond.get("detail"):
+                    mark = "ok" if cond.get("ok") else "NOT OK"
+                    out.append(f"    {cond['key']}: {cond['detail']} ({mark})")
     return "\n".join(out)

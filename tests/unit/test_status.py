@@ -84,3 +84,21 @@ def test_gather_joins_supervisor_processes_with_restart_counts(
         "probe": None,
     }
     assert got.ready is True
+
+
+def test_text_shows_what_json_shows_conditions_rejection_kinds_and_lease_times() -> None:
+    r = report(("discovery", "RUNNING", 0))
+    r.workers["discovery"] = {"conditions": [
+        {"key": "docker", "ok": True, "detail": "reconnecting: connection refused"},
+        {"key": "self", "ok": False, "detail": "not among the containers of project 'x'"}]}
+    r.rejections = [{"container": "mail-anchor", "reason": "tcp/25 taken by web-anchor",
+                     "kind": "conflict"}]
+    r.leases = {"ipv4": {"address": "192.0.2.5/24", "source": "dhcp", "server": "192.0.2.1",
+                         "remaining": 500.0, "lease_time": 600.0, "t1": 300.0, "t2": 525.0,
+                         "gateway": "192.0.2.1"}}
+    text = status.render_text(r)
+    assert "    docker: reconnecting: connection refused (ok)" in text
+    assert "    self: not among the containers of project 'x' (NOT OK)" in text
+    assert "  [conflict] mail-anchor: tcp/25 taken by web-anchor" in text
+    assert "  ipv4 192.0.2.5/24 (dhcp from 192.0.2.1, 8m20s left)" in text
+    assert "    gateway 192.0.2.1, lease 10m00s, T1 5m00s, T2 8m45s" in text
