@@ -47,11 +47,12 @@ ALLOWED: dict[State, frozenset[State]] = {
     S.REQUESTING: frozenset({S.PROBING, S.INIT, S.INIT_REBOOT, S.STOPPED}),
     S.PROBING: frozenset({S.BOUND, S.INIT, S.INIT_REBOOT, S.STOPPED}),
     S.BOUND: frozenset({S.RENEWING, S.INIT, S.INIT_REBOOT, S.STOPPED}),
-    S.RENEWING: frozenset({S.BOUND, S.REBINDING, S.INIT, S.INIT_REBOOT, S.STOPPED}),
-    S.REBINDING: frozenset({S.BOUND, S.INIT, S.INIT_REBOOT, S.STOPPED}),
+    S.RENEWING: frozenset({S.BOUND, S.PROBING, S.REBINDING, S.INIT, S.INIT_REBOOT,
+                           S.STOPPED}),
+    S.REBINDING: frozenset({S.BOUND, S.PROBING, S.INIT, S.INIT_REBOOT, S.STOPPED}),
     S.INIT_REBOOT: frozenset({S.REBOOTING, S.INIT, S.STOPPED}),
-    S.REBOOTING: frozenset({S.BOUND, S.RENEWING, S.REBINDING, S.INIT, S.INIT_REBOOT,
-                            S.STOPPED}),
+    S.REBOOTING: frozenset({S.BOUND, S.PROBING, S.RENEWING, S.REBINDING, S.INIT,
+                            S.INIT_REBOOT, S.STOPPED}),
     S.STOPPED: frozenset(),
 }
 HOLDS_LEASE = frozenset({S.BOUND, S.RENEWING, S.REBINDING, S.INIT_REBOOT, S.REBOOTING})
@@ -364,7 +365,17 @@ class Dhcp4Client:
             self.wakeup = now
             self._tick_probing(now)
             return
-        # RENEWING, REBINDING, REBOOTING: the address is ours already, no probe.
+        # RENEWING, REBINDING, REBOOTING: the same address is ours already, no probe; a
+        # different one is new to us and probed first (RFC 5227 2.1).
+        if self.lease is not None and reply.yiaddr != self.lease.address:
+            self.offer = reply
+            self.offer_mac = src_mac
+            self.probes_sent = 0
+            self._go(S.PROBING, f"the server moved us to {reply.yiaddr}, probing for "
+                                "conflicts")
+            self.wakeup = now
+            self._tick_probing(now)
+            return
         self._bind(reply, src_mac, now)
 
     def _on_nak(self, reply: packets.Reply, now: float) -> None:
@@ -418,6 +429,13 @@ class Dhcp4Client:
         self.host.send(packets.build(packets.DECLINE, self.mac, self.xid, self.hostname,
                                      requested=offer.yiaddr, server_id=offer.server_id))
         self.offer = None
+        if self.lease is not None:
+            # The server moved us off the old address and the new one is taken: neither is
+            # ours now.
+            lost = self.lease
+            self.host.remove(lost)
+            self.lease = None
+            self.host.changed(None, lost, "conflict")
         self._go(S.INIT, f"{offer.yiaddr} in use by {other_mac}")
         self.wakeup = self.monotonic() + DECLINE_WAIT
 

@@ -146,6 +146,10 @@ def test_rebind_ack_from_other_server_and_changed_address() -> None:
     client.tick()
     assert st(client) == State.REBINDING
     client.on_frame(reply(packets.ACK, client.xid, yiaddr="10.0.0.9", server="10.0.0.2"))
+    assert st(client) == State.PROBING  # a new address: probed before use (RFC 5227)
+    while st(client) == State.PROBING:
+        clock.mono = client.wakeup
+        client.tick()
     assert st(client) == State.BOUND
     assert client.lease is not None and client.lease.server == "10.0.0.2"
     assert host.removed == ["10.0.0.5"]
@@ -346,3 +350,29 @@ def test_t2_given_without_t1_is_kept() -> None:
         client.tick()
     assert client.lease is not None
     assert client.lease.t2 == 30 and 0 < client.lease.t1 < 30
+
+
+def test_an_address_that_changes_at_renewal_is_probed_before_use() -> None:
+    """RFC 5227 2.1: the server moves us at a renewal: the new address is probed first."""
+    client, host, clock = make()
+    bind(client, host, clock)
+    clock.advance(50)
+    client.tick()
+    assert st(client) == State.RENEWING
+    before = len(host.sent)
+    client.on_frame(reply(packets.ACK, client.xid, yiaddr="10.0.0.6"))
+    assert st(client) == State.PROBING
+    probe = host.sent[before]
+    assert probe[12:14] == b"\x08\x06" and probe[38:42] == bytes([10, 0, 0, 6])
+    while st(client) == State.PROBING:
+        clock.mono = client.wakeup
+        client.tick()
+    assert st(client) == State.BOUND and client.lease is not None
+    assert client.lease.address == "10.0.0.6" and host.removed == ["10.0.0.5"]
+    # The same address at the next renewal: no probe.
+    clock.advance(50)
+    client.tick()
+    before = len(host.sent)
+    client.on_frame(reply(packets.ACK, client.xid, yiaddr="10.0.0.6"))
+    assert st(client) == State.BOUND
+    assert not [f for f in host.sent[before:] if f[12:14] == b"\x08\x06"]
