@@ -109,6 +109,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
     total = sum(line.seconds for line in lines)
     terminalreporter.write_line(f"e2e: {summary}; {total:.0f} s ({total / 60:.1f} min)")
+    if harness.FIGURES:
+        terminalreporter.section("anchord e2e figures")
+        for figure in harness.FIGURES:
+            terminalreporter.write_line(figure)
 
 
 @pytest.fixture(scope="session")

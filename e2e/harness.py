@@ -110,6 +110,17 @@ def build_image(tag: str = IMAGE, timeout: float = 900.0) -> None:
     run(["bash", str(E2E_DIR / "build-image.sh"), "-t", tag], timeout=timeout)
 
 
+# Measurements tests make on the way (start and restart times...), printed after the scenario
+# report (e2e/conftest.py) so that every run shows them, not only a failing one.
+FIGURES: list[str] = []
+
+
+def figure(text: str) -> None:
+    """Record one measured figure for the end-of-run report (and print it for -s)."""
+    FIGURES.append(text)
+    print(text)
+
+
 def ensure_bridge_nf_call_off() -> None:
     """Keep bridged frames out of iptables, for a LAN simulated on a Docker bridge (see
     e2e/prepare-host.sh for why).

@@ -297,7 +297,7 @@ def test_s9_force_recreate_anchord_routes_follow_the_new_transit_address(
 
     # 1. Plain force-recreate: Docker may give the new container the old address back.
     new, took = recreate_and_time_routes(stack)
-    print(f"S-9 force-recreate: transit {old} -> {new}; routes followed in {took:.2f}s")
+    harness.figure(f"S-9 force-recreate: transit {old} -> {new}; routes followed in {took:.2f}s")
     assert took <= ROUTE_BUDGET, took
     project_works(stack)
 
@@ -332,7 +332,7 @@ def test_s6_stop_keeps_the_leases_and_tears_down_release_when_asked(
 
     took = stack.project.stop("anchord", timeout=60)
     state = stack.project.state("anchord")
-    print(f"S-6: compose stop anchord took {took:.2f}s, exit code {state['ExitCode']}")
+    harness.figure(f"S-6: compose stop anchord took {took:.2f}s, exit code {state['ExitCode']}")
     assert (state["Running"], state["ExitCode"], state["OOMKilled"]) == (False, 0, False), state
 
     # A real server that reboots keeps its address: no release, the server keeps the lease.

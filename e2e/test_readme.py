@@ -210,8 +210,9 @@ def example(built: dict[str, subprocess.CompletedProcess[str]]) -> Iterator[Exam
             interval=0.3,
             message="the README example's lease and tcp/25 answering",
         )
-        print(f"README example: `docker compose up -d` returned after {up_seconds:.1f}s, "
-              f"tcp/25 answered {time.monotonic() - started:.1f}s after it was run")
+        harness.figure(f"README example: `docker compose up -d` returned after {up_seconds:.1f}s,"
+                       f" tcp/25 answered from the LAN {time.monotonic() - started:.1f}s after it"
+                       " was run")
         yield running
     except BaseException:
         print(project.dump())

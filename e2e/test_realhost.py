@@ -55,7 +55,8 @@ def realhost(anchord_image: str, request: pytest.FixtureRequest) -> Iterator[Rea
     try:
         lan.start()
         started = start_project(lan, anchord_image, lan_image)
-        print(f"real host: reachable {started.cold_start_seconds:.2f}s after compose up returned")
+        harness.figure(f"real host: reachable {started.cold_start_seconds:.2f}s after compose up"
+                       " returned")
         failed_before = request.session.testsfailed
         try:
             yield started
@@ -264,8 +265,8 @@ def test_compose_restart_keeps_the_address_and_inbound_comes_back(
     returned = time.monotonic() - started
     harness.wait_until(lambda: "reply" in lan.query("tcp", lease.address, APP_PORT, 1.0), 60,
                        interval=0.2, message="tcp/8080 answering again after the restart")
-    print(f"real host: `compose restart anchord` returned after {returned:.2f}s; inbound back "
-          f"{time.monotonic() - started:.2f}s after it was run")
+    harness.figure(f"real host: `compose restart anchord` returned after {returned:.2f}s; "
+                   f"inbound back {time.monotonic() - started:.2f}s after it was run")
     assert lan.dnsmasq_log().count("DHCPDISCOVER") == discovers, lan.dnsmasq_log()[-2000:]
     assert "DHCPRELEASE" not in lan.dnsmasq_log()
     assert [x.address for x in realhost.my_leases()] == [lease.address]
@@ -278,7 +279,7 @@ def test_compose_stop_keeps_the_lease_and_removes_the_child(
     lease = realhost.my_leases()[0]
     assert lan.parent_link()["promiscuity"] >= 1  # the child is still there
     seconds = realhost.project.stop()
-    print(f"real host: compose stop took {seconds:.2f}s")
+    harness.figure(f"real host: compose stop took {seconds:.2f}s")
     state = realhost.project.state("anchord")
     assert (state["Status"], state["ExitCode"]) == ("exited", 0), state
     # The child went with the container's namespace: no macvlan port left on the host veth.
