@@ -160,13 +160,18 @@ def _tcp_reachable(docker_host: str, timeout: float, connect: bool) -> None:
         raise DockerUnavailable(f"{docker_host}: cannot resolve {host}: {result[0]}")
     if not connect:
         return
-    family, kind, proto, _, address = result[0][0]
-    with socket.socket(family, kind, proto) as s:
-        s.settimeout(timeout)
-        try:
-            s.connect(address)
-        except OSError as exc:
-            raise DockerUnavailable(f"{docker_host}: {host}:{port}: {exc}") from exc
+    # Every address the name resolves to, in order: with IPv6 on the proxy's network the
+    # first answer is its IPv6 address, which a proxy listening on IPv4 only refuses.
+    errors = []
+    for family, kind, proto, _, address in result[0]:
+        with socket.socket(family, kind, proto) as s:
+            s.settimeout(timeout)
+            try:
+                s.connect(address)
+                return
+            except OSError as exc:
+                errors.append(f"{address[0]}: {exc}")
+    raise DockerUnavailable(f"{docker_host}: {host}:{port}: {'; '.join(errors)}")
 
 
 class DockerApi:

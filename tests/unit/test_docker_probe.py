@@ -70,3 +70,25 @@ def test_the_event_queue_is_bounded_and_an_overflow_asks_for_a_re_list() -> None
         assert pump.drain() == []
     finally:
         pump.stop()
+
+
+def test_a_proxy_name_is_tried_at_every_address_it_resolves_to(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """IPv6 first (as on a network with IPv6), the proxy listening on IPv4 only: reachable."""
+    import socket
+
+    from anchord import docker_state
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        answers = [
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: answers)
+        docker_state._tcp_reachable(f"tcp://docker-proxy-v6first:{port}", 2.0, True)
+        answers.pop()  # IPv6 only: refused, and said so
+        with pytest.raises(docker_state.DockerUnavailable, match="::1"):
+            docker_state._tcp_reachable(f"tcp://docker-proxy-v6only:{port}", 2.0, True)
