@@ -19,6 +19,7 @@ the replay an event in between would be lost. The consumer re-lists after each
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import logging
 import os
 import queue
@@ -27,7 +28,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +41,8 @@ from anchord.labels import EXPOSE_LABEL, ContainerView
 from bus.events import NetworkAttachment
 
 log = logging.getLogger(__name__)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -482,9 +485,38 @@ def health_of(info: Inspect) -> str:
     return str(health.get("Status") or "") if isinstance(health, Mapping) else ""
 
 
+def transit_subnets(self_info: Inspect, transit_network: str) -> tuple[IPNetwork, ...]:
+    """The transit network's subnets, as anchord's own addresses on it say."""
+    net = networks_of(self_info).get(transit_network) or {}
+    out: list[IPNetwork] = []
+    for addr_key, len_key in (("IPAddress", "IPPrefixLen"),
+                              ("GlobalIPv6Address", "GlobalIPv6PrefixLen")):
+        address, prefix = net.get(addr_key), net.get(len_key)
+        if address and isinstance(prefix, int) and prefix > 0:
+            try:
+                out.append(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+            except ValueError:
+                continue
+    return tuple(out)
+
+
+def outside(address: str, subnets: Sequence[IPNetwork]) -> bool:
+    """Whether a backend address Docker gave lies outside the transit subnets (never DNATed
+    to: a value from Docker is checked before it reaches the kernel, F-22)."""
+    if not address or not subnets:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return True
+    return not any(ip.version == net.version and ip in net for net in subnets)
+
+
 def container_view(info: Inspect, transit_network: str,
-                   names: Mapping[str, str] | None = None) -> ContainerView:
-    """What the table builder needs from one inspect document."""
+                   names: Mapping[str, str] | None = None,
+                   subnets: Sequence[IPNetwork] = ()) -> ContainerView:
+    """What the table builder needs from one inspect document. An address outside
+    ``subnets`` counts as none (the container is then reported as without transit)."""
     labels = labels_of(info)
     net = networks_of(info).get(transit_network) if transit_network else None
     running = is_running(info)
@@ -504,10 +536,16 @@ def container_view(info: Inspect, transit_network: str,
         healthy=health in ("", "healthy"),
         health=health,
         # A stopped container keeps its network entry with stale or empty addresses.
-        transit_v4=str(net.get("IPAddress") or "") if net and running else "",
-        transit_v6=str(net.get("GlobalIPv6Address") or "") if net and running else "",
+        transit_v4=_checked(str(net.get("IPAddress") or ""), subnets) if net and running
+        else "",
+        transit_v6=_checked(str(net.get("GlobalIPv6Address") or ""), subnets)
+        if net and running else "",
         network_owner=owner,
     )
+
+
+def _checked(address: str, subnets: Sequence[IPNetwork]) -> str:
+    return "" if outside(address, subnets) else address
 
 
 def local_macs() -> set[str]:

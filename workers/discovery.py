@@ -37,6 +37,7 @@ from anchord.docker_state import (
     DockerUnavailable,
     EventPump,
     Inspect,
+    IPNetwork,
     NetworkFacts,
     PumpReport,
     attachments,
@@ -52,8 +53,10 @@ from anchord.docker_state import (
     name_of,
     network_alias,
     networks_of,
+    outside,
     relevant_container,
     stopped,
+    transit_subnets,
     transition_time,
 )
 from anchord.labels import Table, build_table
@@ -102,6 +105,7 @@ class Discovery:
         self.cache: dict[str, Inspect] = {}
         self._foreign: set[str] = set()  # containers of other projects seen in network events
         self._networks: dict[str, NetworkFacts] = {}  # by network name, read once each
+        self._outside_warned: set[tuple[str, str]] = set()
         self._open_transit_warned = ""
         self.self_id: str | None = None
         self._self_reason = ""
@@ -328,6 +332,20 @@ class Discovery:
         self._self_reason = reason
         return info
 
+    def _warn_outside(self, transit: str, subnets: Sequence[IPNetwork]) -> None:
+        """Say once per container and address when Docker gave an address outside the
+        transit subnets (it is not used; the container is reported without transit)."""
+        for cid, info in self.cache.items():
+            net = networks_of(info).get(transit) or {}
+            for key in ("IPAddress", "GlobalIPv6Address"):
+                address = str(net.get(key) or "")
+                if outside(address, subnets) and (cid, address) not in self._outside_warned:
+                    self._outside_warned.add((cid, address))
+                    log.warning("backend address outside the transit network rejected",
+                                extra={"fields": {"container": name_of(info),
+                                                  "address": address,
+                                                  "subnets": [str(n) for n in subnets]}})
+
     def _network(self, name: str, network_id: str) -> NetworkFacts | None:
         """The facts of one of our networks, read once (None while Docker cannot say)."""
         if name not in self._networks:
@@ -393,8 +411,10 @@ class Discovery:
             else:
                 log.warning("no transit network", extra={"fields": {"why": reason}})
         names = {cid: name_of(i) for cid, i in self.cache.items()}
-        views = [container_view(info, transit, names)
+        subnets = transit_subnets(self_info, transit) if self_info is not None else ()
+        views = [container_view(info, transit, names, subnets)
                  for cid, info in self.cache.items() if cid != self.self_id]
+        self._warn_outside(transit, subnets)
         table = build_table(views, transit)
         changed = netmap != self.network_map
         self.network_map = netmap

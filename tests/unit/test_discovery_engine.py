@@ -44,6 +44,7 @@ def info(cid: str, name: str, *, created: str = "2026-01-01T00:00:00.1Z",
         "HostConfig": {"NetworkMode": mode or "bridge"},
         "NetworkSettings": {"Networks": {
             n: {"IPAddress": ip if running else "", "GlobalIPv6Address": ip6 if running else "",
+                "IPPrefixLen": 24 if ip else 0, "GlobalIPv6PrefixLen": 64 if ip6 else 0,
                 "MacAddress": mac, "NetworkID": "id-" + n}
             for n, (ip, ip6, mac) in (networks or {}).items()}},
     }
@@ -381,3 +382,15 @@ def test_failed_event_read_relists_soon() -> None:
     r.now += 0.5
     r.d.step()
     assert r.d.desired is not None and r.d.desired.entries[0].address == "10.0.0.8"
+
+
+def test_a_backend_address_outside_the_transit_subnet_is_rejected() -> None:
+    """F-22: a value from Docker is checked before it reaches the kernel."""
+    r = Rig(ANCHORD, web(ip="172.16.9.9"))
+    r.subscribe()
+    d = r.d.desired
+    assert d is not None and d.entries == ()
+    assert [(x.container, x.kind) for x in d.rejections] == [("proj-web-1", "no-transit")]
+    ok = Rig(ANCHORD, web(ip="10.0.0.3"))
+    ok.subscribe()
+    assert ok.d.desired is not None and [e.address for e in ok.d.desired.entries] == ["10.0.0.3"]
