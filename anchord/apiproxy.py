@@ -214,13 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
                                                "line": format % args}})
 
     def _deny(self, status: int, message: str) -> None:
-        body = json.dumps({"message": message}).encode() + b"\n"
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self._json(status, {"message": message})  # Docker's own error shape
 
     def _json(self, status: int, doc: Any) -> None:
         body = json.dumps(doc).encode() + b"\n"
