@@ -185,8 +185,15 @@ def test_kill_9_of_any_program_under_load_drops_nothing(
             killed.append(program)
 
             def back(program: str = program, before: int = before) -> bool:
-                after = supervisor_pid(supervisorctl_status(stack), program)
-                return after not in (None, before) and worker_adopted(stack, program, after)
+                # Ready as the bus sees it: a new instance heartbeating (supervisord calls it
+                # RUNNING only after its startsecs, a second later) and every condition met.
+                status = stack.status_json()
+                if not status["ready"]:
+                    return False
+                if program == "bus":
+                    return True  # `anchord status` itself went through a new broker
+                pid = status["workers"].get(program, {}).get("pid")
+                return pid not in (None, before)
 
             wait_until(back, 20, interval=0.1, message=f"{program} back after kill -9")
             recovered.append(ls.now() - started)

@@ -467,9 +467,16 @@ def _fuzz_main(mac: str, count: int, seed: int) -> int:
         _bootp_reply(mac, xid, good.replace(b"\x36\x04", b"\x36\x03") + b"\xff"),  # bad id len
         _bootp_reply(mac, xid ^ 1, good + b"\xff"),  # wrong xid
         _bootp_reply("02:00:00:00:00:09", xid, good + b"\xff"),  # wrong chaddr
-        _bootp_reply(mac, xid, good + (b"\x2b\xff" + b"A" * 255) * 4 + b"\xff"),  # oversized
-        _bootp_reply(mac, xid, good + b"\x79\x00" + b"\x79\x00" + b"\xff"),  # 121 len 0, twice
-        _bootp_reply(mac, xid, good + b"\x01\x04\xff\x00\xff\x00\xff"),  # repeated, bad mask
+        # option 43 in four parts (RFC 3396: concatenated to 1 020 octets, fine); the unusable
+        # yiaddr keeps it from being taken
+        _bootp_reply(mac, xid, good + (b"\x2b\xff" + b"A" * 255) * 4 + b"\xff",
+                     yiaddr="224.0.0.2"),
+        # 121 of length 0, twice (RFC 3396: concatenated, still empty and ignored); the
+        # unusable yiaddr keeps this OFFER from being taken, as every frame here must be.
+        _bootp_reply(mac, xid, good + b"\x79\x00" + b"\x79\x00" + b"\xff",
+                     yiaddr="255.255.255.255"),
+        # repeated mask: concatenated (RFC 3396) into 8 octets, a bad length
+        _bootp_reply(mac, xid, good + b"\x01\x04\xff\x00\xff\x00\xff"),
         _bootp_reply(mac, xid, good + b"\xff", yiaddr="255.255.255.255"),  # broadcast yiaddr
         _bootp_reply(mac, xid, good + b"\xff", yiaddr="224.0.0.1"),  # multicast yiaddr
         _bootp_reply(mac, xid, b"\x35\x01\x05" + good[3:] + b"\xff"),  # ACK while selecting
