@@ -26,6 +26,7 @@ PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
 APT_PACKAGES=(
     docker.io debootstrap nftables conntrack dnsmasq-base kea-dhcp4-server kea-dhcp6-server
     radvd iproute2 iputils-ping nmap tcpdump socat python3-venv iptables ca-certificates
+    prometheus
 )
 
 log() { printf 'prepare-host: %s\n' "$*" >&2; }
@@ -54,7 +55,8 @@ install_packages() {
     # for them itself with Lock::Timeout instead of failing at once.
     local apt_opts=(-o "DPkg::Lock::Timeout=${APT_LOCK_TIMEOUT}" -o "Acquire::Retries=3")
     export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
-    # Packages such as kea and radvd would start their daemons on the host: forbid
+    # Packages such as kea, radvd and prometheus (installed for its promtool) would start
+    # their daemons on the host: forbid
     # service starts during the install unless the machine already has a policy.
     local own_policy=0 rc=0
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then

@@ -229,6 +229,16 @@ def test_metrics_health_and_readiness_scraped_from_another_container(stack: Stac
         assert not any(f in label for _, label in labels for f in forbidden), labels
 
 
+def test_deploy_rules_and_dashboard_query_only_exported_metrics(stack: Stack) -> None:
+    """deploy/ (alert rules, Grafana dashboard): every series they name is in a real scrape."""
+    from tests.integration.test_deploy import deploy_metric_names
+
+    exported = {name for name, _ in scrape(stack)}
+    # A histogram is queried by its _bucket/_sum/_count series, a counter by _total.
+    missing = sorted(deploy_metric_names() - exported)
+    assert missing == [], f"deploy/ names series anchord does not export: {missing}"
+
+
 def test_service_anchor_listener_scraped_from_another_container(stack: Stack) -> None:
     """A service-anchor's own :9090 from another container: ready, route present, counts."""
     assert healthz_from_scraper(stack, "web-anchor") == {"status": 200, "body": "ok\n"}
