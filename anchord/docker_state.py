@@ -514,7 +514,7 @@ def outside(address: str, subnets: Sequence[IPNetwork]) -> bool:
 
 def container_view(info: Inspect, transit_network: str,
                    names: Mapping[str, str] | None = None,
-                   subnets: Sequence[IPNetwork] = ()) -> ContainerView:
+                   subnets: Sequence[IPNetwork] = (), route_v4: bool = False) -> ContainerView:
     """What the table builder needs from one inspect document. An address outside
     ``subnets`` counts as none (the container is then reported as without transit)."""
     labels = labels_of(info)
@@ -535,6 +535,7 @@ def container_view(info: Inspect, transit_network: str,
         running=running,
         healthy=health in ("", "healthy"),
         health=health,
+        route_v4=route_v4,
         # A stopped container keeps its network entry with stale or empty addresses.
         transit_v4=_checked(str(net.get("IPAddress") or ""), subnets) if net and running
         else "",

@@ -22,7 +22,10 @@ Rules (SPEC "Labels"):
   last-writer-wins. A stopped container holds no claim.
 - Health only gates exposure of a container that won its claims: an unhealthy
   winner leaves its ports without backend rather than handing them to the loser,
-  so a health flap never moves a port between containers.
+  so a health flap never moves a port between containers. Where the container's IPv4
+  default route leads to anchord from its first instant (``route_v4``: the transit
+  network's gateway is anchord's), its IPv4 entries do not wait for the healthcheck
+  (Docker runs the first one a whole interval after the start); IPv6 entries do.
 """
 
 from __future__ import annotations
@@ -242,6 +245,9 @@ class ContainerView:
     service: str = ""
     running: bool = False  # running and not paused/restarting
     healthy: bool = True  # no healthcheck, or the healthcheck says healthy
+    # Its IPv4 replies route through anchord from the start (Docker's default route leads to
+    # the transit gateway, which anchord holds): IPv4 exposure need not wait for health.
+    route_v4: bool = False
     health: str = ""  # Docker's health status, for the reason text ("" = no healthcheck)
     transit_v4: str = ""  # address on the transit network ("" = none)
     transit_v6: str = ""
@@ -319,6 +325,8 @@ def build_table(containers: Iterable[ContainerView], transit_network: str) -> Ta
             kept.add(parsed, c.name)
             if c.healthy:
                 groups.extend(_groups(raw, v6, c.name, c.service, c.transit_v4, c.transit_v6))
+            elif c.route_v4 and c.transit_v4:
+                groups.extend(_groups(raw, False, c.name, c.service, c.transit_v4, ""))
             continue
         won: list[PortRange] = []
         for pr in parsed.ranges:
@@ -333,9 +341,10 @@ def build_table(containers: Iterable[ContainerView], transit_network: str) -> Ta
                 continue
             kept.add(_Parsed.of((pr,)), c.name)
             won.append(pr)
-        if c.healthy:
-            groups.extend(group_entries(
-                _backends(won, v6, c.name, c.service, c.transit_v4, c.transit_v6)))
+        if c.healthy or (c.route_v4 and c.transit_v4):
+            groups.extend(group_entries(_backends(
+                won, v6 and c.healthy, c.name, c.service, c.transit_v4,
+                c.transit_v6 if c.healthy else "")))
     # Groups sort by (family, proto, address, container): the same order every time.
     return Table(tuple(sorted(groups)), tuple(sorted(
         rejections, key=lambda r: (r.container, r.kind, r.reason))))

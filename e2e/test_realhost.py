@@ -253,6 +253,30 @@ def test_egress_reaches_the_lan_with_the_project_address(
     assert result["local"] != realhost.address, result  # the app's own transit address
 
 
+def test_a_restarted_service_anchor_is_exposed_without_waiting_for_its_healthcheck(
+    realhost: RealHostProject,
+) -> None:
+    """The image's healthcheck runs every 5 s, first 5 s after the start: IPv4 exposure does
+    not wait for it (the transit gateway is anchord's), so the LAN reaches the app as soon as
+    the anchor and its app run again (S-3 with the image's own settings)."""
+    from e2e.lifecycle_support import started_at
+
+    harness.run(["docker", "restart", realhost.project.container_id("web-anchor")])
+    # The app joined the old namespace: it must be restarted to join the new one (README).
+    harness.run(["docker", "restart", "-t", "1", realhost.project.container_id("web")])
+    result = harness.wait_until(
+        lambda: realhost.lan.query("tcp", realhost.address, APP_PORT, 1.0).get("reply"),
+        30, interval=0.05, message="tcp/8080 answering after the restart")
+    answered = time.time()
+    running = max(started_at(realhost.project, "web-anchor"),
+                  started_at(realhost.project, "web"))
+    health = realhost.project.state("web-anchor").get("Health", {}).get("Status")
+    harness.figure(f"real host: service-anchor restart: tcp/8080 answered "
+                   f"{answered - running:.2f}s after anchor and app ran again (its health: "
+                   f"{health})")
+    assert result and answered - running < 3.0, (answered - running, health)
+
+
 def test_compose_restart_keeps_the_address_and_inbound_comes_back(
     realhost: RealHostProject,
 ) -> None:

@@ -389,6 +389,7 @@ class Discovery:
             return  # a table built while we knew ourselves beats a guess
         transit, reason = "", "the anchord container is not known"
         netmap = NetworkMap()
+        route_v4 = False
         self_v4 = self_v6 = ""
         if self_info is not None:
             nets = networks_of(self_info)
@@ -399,6 +400,7 @@ class Discovery:
             claims = self._gateway_claims(
                 transit, str((nets.get(transit) or {}).get("NetworkID") or ""))
             netmap = NetworkMap(networks=attachments(self_info, aliases, claims))
+            route_v4 = bool(claims)
             if transit:
                 self_v4 = str(nets[transit].get("IPAddress") or "")
                 self_v6 = str(nets[transit].get("GlobalIPv6Address") or "")
@@ -412,7 +414,7 @@ class Discovery:
                 log.warning("no transit network", extra={"fields": {"why": reason}})
         names = {cid: name_of(i) for cid, i in self.cache.items()}
         subnets = transit_subnets(self_info, transit) if self_info is not None else ()
-        views = [container_view(info, transit, names, subnets)
+        views = [container_view(info, transit, names, subnets, route_v4)
                  for cid, info in self.cache.items() if cid != self.self_id]
         self._warn_outside(transit, subnets)
         table = build_table(views, transit)

@@ -235,3 +235,23 @@ def test_thousands_of_ranges_conflicts_name_the_earliest_holder() -> None:
         "udp/15990-16100 of container b conflicts with udp/15991-15992 of container a, created "
         "earlier, which keeps it",
     ]
+
+
+def test_ipv4_does_not_wait_for_health_where_the_route_leads_to_anchord() -> None:
+    """Docker's first healthcheck comes an interval after the start; where the transit
+    gateway is anchord's, IPv4 replies route through anchord from the first instant."""
+    import dataclasses
+
+    starting = view("web", "tcp/80,udp/53", v6="fd00::2", healthy=False)
+    assert build_table([starting], "transit").entries == ()
+    early = dataclasses.replace(starting, route_v4=True)
+    assert {(e.family, e.proto) for e in build_table([early], "transit").entries} == {
+        (4, "tcp"), (4, "udp")}  # IPv6 still waits for health (its route is Docker's)
+    healthy = dataclasses.replace(early, healthy=True)
+    assert {e.family for e in build_table([healthy], "transit").entries} == {4, 6}
+    # A conflict loser stays a loser whatever its route.
+    loser = dataclasses.replace(view("late", "tcp/80", created="2026-02-01T00:00:00Z"),
+                                healthy=False, route_v4=True)
+    table = build_table([early, loser], "transit")
+    assert {e.container for e in table.entries} == {"web"}
+    assert [r.kind for r in table.rejections] == ["conflict"]
