@@ -146,13 +146,19 @@ class Flusher:
             return self.on_nat_applied(ev)
         if isinstance(ev, LeaseChanged):
             current = ev.lease.address.split("/", 1)[0]
+            known = self.addresses.get(ev.lease.family)
             self.addresses[ev.lease.family] = current
             # The address is in use again: a later loss of it must flush again.
             self.handled_addresses.discard((ev.lease.family, current))
             previous = ev.previous.split("/", 1)[0]
+            out = []
             if previous and previous != current:
-                return self.on_address_gone(ev.lease.family, previous)
-            return []
+                out = self.on_address_gone(ev.lease.family, previous)
+            if known != current:
+                # Learnt after the table (a restarted flusher hears them in any order): the
+                # flows to this address are checked now, not at the next periodic pass.
+                out += self.reconcile("address")
+            return out
         if isinstance(ev, LeaseLost):
             if self.addresses.get(ev.family) == ev.address.split("/", 1)[0]:
                 del self.addresses[ev.family]

@@ -80,3 +80,15 @@ def test_lease_change_and_loss_flush_the_old_address_once() -> None:
     f.handle(LeaseChanged(lease=Lease(4, "192.0.2.50/24"), previous="192.0.2.60/24"))
     f.handle(LeaseChanged(lease=Lease(4, "192.0.2.61/24"), previous="192.0.2.50/24"))
     assert ct.calls[-1] == ("address", 4, "192.0.2.50")
+
+
+def test_an_address_learnt_after_the_table_is_checked_at_once() -> None:
+    """A restarted flusher may hear the applied table before the lease: no 30 s wait."""
+    ct = FakeConntrack()
+    f = Flusher(ct)  # type: ignore[arg-type]
+    f.handle(desired(5, Backend(4, "udp", 53, 53, "10.0.0.9", "dns")))
+    assert f.handle(applied(5)) == []  # no address yet: nothing to check
+    ct.flows = [(4, "udp", 53, "10.0.0.1")]
+    out = f.handle(LeaseChanged(lease=Lease(4, "192.0.2.50/24")))
+    assert [(m.family, m.removed, m.reason) for m in out] == [(4, 1, "backend")]
+    assert f.handle(LeaseChanged(lease=Lease(4, "192.0.2.50/24"))) == []  # a repeat: nothing
