@@ -142,6 +142,11 @@ class RealHostLan:
         Path(f"/proc/sys/net/ipv6/conf/{self.parent}/disable_ipv6").write_text("1\n")
         ip("link", "set", self.parent, "up")
         ip("-n", self.lan_ns, "addr", "add", f"{LAN_ADDRESS}/24", "dev", self.lan_iface)
+        # The LAN's router: it must not configure itself from its own RAs (dnsmasq's loop
+        # back to it), or its SLAAC address becomes the source of its queries and replies.
+        harness.run(["ip", "netns", "exec", self.lan_ns, "sysctl", "-qw",
+                     f"net.ipv6.conf.{self.lan_iface}.accept_ra=0",
+                     f"net.ipv6.conf.{self.lan_iface}.autoconf=0"])
         ip("-n", self.lan_ns, "addr", "add", f"{LAN_ADDRESS6}/64", "dev", self.lan_iface,
            "nodad")
         ip("-n", self.lan_ns, "link", "set", self.lan_iface, "up")

@@ -145,7 +145,8 @@ def test_lan_host_reaches_the_app_over_ipv6_with_its_own_address(
                                 message=f"tcp/{APP_PORT} answering on [{address6}]")
     answer = reply(result)
     assert (answer["service"], answer["port"]) == ("web", APP_PORT), result
-    assert answer["peer"] == LAN_ADDRESS6 == result["local"], result
+    # The app sees the LAN host's own source address (the one its socket sent from).
+    assert answer["peer"] == result["local"] == LAN_ADDRESS6, result
 
 
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
