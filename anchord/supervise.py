@@ -36,7 +36,8 @@ DEFAULT_CONF = Path("/etc/anchord/supervisord.conf")
 STOP_DEADLINE = 25.0
 # Stopped by supervisord in its own order, after the others: the nat-writer (its tables filter
 # the LAN until the child is gone) and the bus.
-LAST_TO_STOP = frozenset({"nat-writer", "bus"})
+LAST_TO_STOP_ORDER = ("nat-writer", "bus")
+LAST_TO_STOP = frozenset(LAST_TO_STOP_ORDER)
 # supervisor.xmlrpc.Faults.SHUTDOWN_STATE: what every RPC answers while supervisord stops.
 _SHUTDOWN_STATE_FAULT = 6
 
@@ -79,7 +80,9 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    fanned_out = False
+    # After the fan-out: the programs found then (pid -> name), and those signalled since.
+    fanned_out: dict[int, str] | None = None
+    signalled: set[str] = set()
     while True:
         try:
             code = proc.wait(timeout=0.2 if stopping else 0.5)
@@ -90,8 +93,10 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
                 log.info("signal received, shutting down", extra={"fields": {
                     "signal": received[0]}})
                 received[0] = "logged"
-            if stopping and not fanned_out:
+            if stopping and fanned_out is None:
                 fanned_out = _stop_workers_together(config.run_dir, proc.pid)
+            elif fanned_out:
+                _stop_the_rest_in_order(fanned_out, signalled)
             if stopping and time.monotonic() - stopping[0] > STOP_DEADLINE:
                 log.error("supervisord did not stop in time; killing it")
                 proc.kill()
@@ -103,7 +108,36 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
     return code or 1
 
 
-def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> bool:
+def _stop_the_rest_in_order(workers: dict[int, str], signalled: set[str]) -> None:
+    """The nat-writer once every other worker (the dhcp worker above all) has exited, the bus
+    once the nat-writer has: supervisord would do the same, but one program per turn of its
+    one-second loop; done here, the whole stop takes as long as the teardowns themselves."""
+    alive = {name for pid, name in workers.items() if _running(pid)}
+    for name in LAST_TO_STOP_ORDER:
+        if name not in alive or name in signalled:
+            continue
+        if alive - {name, *LAST_TO_STOP_ORDER[LAST_TO_STOP_ORDER.index(name) + 1:]}:
+            return  # something that must go first is still there
+        for pid, worker in workers.items():
+            if worker == name:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        signalled.add(name)
+        return
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for supervisord to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> dict[int, str] | None:
     """Send SIGTERM to the workers at once, once supervisord is shutting down.
 
     supervisord stops programs one after another, each waiting for the last: teardown
@@ -114,7 +148,8 @@ def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> bool:
     last. Only once supervisord is shutting down, or it would restart a worker that exits: in
     that state it answers every RPC with the fault SHUTDOWN_STATE, which is the proof. The
     workers are found as supervisord's children running ``anchord worker <name>``.
-    Returns True when done (or nothing is left to do).
+    Returns the programs found (pid -> name; empty when nothing is left to do), or None
+    while supervisord is not stopping yet.
     """
     from supervisor.xmlrpc import SupervisorTransport
 
@@ -123,15 +158,16 @@ def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> bool:
     try:
         state = cast(dict[str, Any], rpc.supervisor.getState())
         if state["statename"] != "SHUTDOWN":
-            return False
+            return None
     except xmlrpc.client.Fault as fault:
         if fault.faultCode != _SHUTDOWN_STATE_FAULT:
-            return True
+            return {}
     except (OSError, xmlrpc.client.Error):
         # supervisord is gone or not answering: its own sequential stop is all there is.
-        return True
+        return {}
     signalled = []
-    for pid, name in _workers_of(supervisord_pid).items():
+    workers = _workers_of(supervisord_pid)
+    for pid, name in workers.items():
         if name in LAST_TO_STOP:
             continue
         try:
@@ -141,7 +177,7 @@ def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> bool:
             pass
     log.info("stopping workers together", extra={"fields": {
         "supervisord": supervisord_pid, "workers": sorted(signalled)}})
-    return True
+    return workers
 
 
 def _workers_of(supervisord_pid: int) -> dict[int, str]:
