@@ -178,7 +178,11 @@ def test_kill_9_of_any_program_under_load_drops_nothing(
         load.wait_ready()
         for _ in range(KILL_ROUNDS):
             program = rng.choice(PROGRAMS)
-            before = supervisor_pid(supervisorctl_status(stack), program)
+            # A program killed in the round before may still be STARTING for supervisord
+            # (RUNNING after its startsecs): wait for its pid there.
+            before = wait_until(
+                lambda p=program: supervisor_pid(supervisorctl_status(stack), p),  # type: ignore[misc]
+                10, interval=0.1, message=f"{program} RUNNING before its kill")
             assert before is not None, program
             started = ls.now()
             stack.exec("anchord", "sh", "-c", f"kill -9 {before}")  # the shell's builtin
