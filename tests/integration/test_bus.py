@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -155,13 +156,31 @@ def _garbage() -> Iterator[list[bytes]]:
     yield [b"LinkChangedX/", b"{}"]
 
 
-def test_flood_of_malformed_frames_leaves_everyone_alive(full_bus: Bus) -> None:
-    pub_ep, _ = endpoints(full_bus.run_dir)
-    ctx = zmq.Context()
+@contextmanager
+def raw_publisher(bus: Bus) -> Iterator[zmq.Socket[bytes]]:
+    """A bare ZeroMQ PUB on the broker, sending whatever a test wants (no codec)."""
+    pub_ep, _ = endpoints(bus.run_dir)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = ctx.socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(pub_ep)
     try:
+        yield sock
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def assert_state_still_flows(bus: Bus, value: str, timeout: float) -> None:
+    for pub in PUBS:
+        bus.set(pub, value)
+    wait_until(lambda: bus.all_see(dict.fromkeys(PUBS, value)), timeout,
+               what=f"state flows ({value})")
+    assert bus.alive()
+
+
+def test_flood_of_malformed_frames_leaves_everyone_alive(full_bus: Bus) -> None:
+    with raw_publisher(full_bus) as sock:
         # Wait until the flood would be delivered: a subscriber must count errors.
         def flood_counted() -> bool:
             for frames in _garbage():
@@ -174,14 +193,7 @@ def test_flood_of_malformed_frames_leaves_everyone_alive(full_bus: Bus) -> None:
             for frames in _garbage():
                 if len(frames[-1]) < 1024 * 1024:
                     sock.send_multipart(frames)
-    finally:
-        sock.close(linger=0)
-        ctx.term()
-    for pub in PUBS:
-        full_bus.set(pub, "after-flood")
-    wait_until(lambda: full_bus.all_see(dict.fromkeys(PUBS, "after-flood")), 3,
-               what="state flows after the flood")
-    assert full_bus.alive()
+    assert_state_still_flows(full_bus, "after-flood", 3)
 
 
 def test_an_oversized_frame_is_refused_before_it_is_read(full_bus: Bus) -> None:
@@ -189,19 +201,7 @@ def test_an_oversized_frame_is_refused_before_it_is_read(full_bus: Bus) -> None:
     (MAXMSGSIZE) instead of reading it into memory; everyone else carries on."""
     from bus.codec import MAX_MESSAGE_BYTES
 
-    pub_ep, _ = endpoints(full_bus.run_dir)
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(pub_ep)
-    try:
+    with raw_publisher(full_bus) as sock:
         for _ in range(3):
             sock.send_multipart([b"NatApplied/", b"x" * (MAX_MESSAGE_BYTES + 1)])
-    finally:
-        sock.close(linger=0)
-        ctx.term()
-    for pub in PUBS:
-        full_bus.set(pub, "after-oversize")
-    wait_until(lambda: full_bus.all_see(dict.fromkeys(PUBS, "after-oversize")), 5,
-               what="state flows after the oversized frames")
-    assert full_bus.alive()
+    assert_state_still_flows(full_bus, "after-oversize", 5)

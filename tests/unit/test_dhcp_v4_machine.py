@@ -73,6 +73,13 @@ def st(client: Any) -> Any:
     return client.state
 
 
+def finish_probe(client: Dhcp4Client, clock: Clock) -> None:
+    """Let the RFC 5227 probe run out (no conflicting ARP comes)."""
+    while st(client) == State.PROBING:
+        clock.mono = client.wakeup
+        client.tick()
+
+
 def make() -> tuple[Dhcp4Client, FakeHost, Clock]:
     clock, host = Clock(), FakeHost()
     client = Dhcp4Client(host, MAC, "proj", 30.0, lambda: clock.mono, lambda: clock.wall,
@@ -147,9 +154,7 @@ def test_rebind_ack_from_other_server_and_changed_address() -> None:
     assert st(client) == State.REBINDING
     client.on_frame(reply(packets.ACK, client.xid, yiaddr="10.0.0.9", server="10.0.0.2"))
     assert st(client) == State.PROBING  # a new address: probed before use (RFC 5227)
-    while st(client) == State.PROBING:
-        clock.mono = client.wakeup
-        client.tick()
+    finish_probe(client, clock)
     assert st(client) == State.BOUND
     assert client.lease is not None and client.lease.server == "10.0.0.2"
     assert host.removed == ["10.0.0.5"]
@@ -296,9 +301,7 @@ def test_an_acquisition_counts_once() -> None:
     assert client.acquisitions["timeout"] == 1
     client.on_frame(reply(packets.OFFER, client.xid))
     client.on_frame(reply(packets.ACK, client.xid))
-    while st(client) == State.PROBING:
-        clock.mono = client.wakeup
-        client.tick()
+    finish_probe(client, clock)
     assert st(client) == State.BOUND and client.acquisitions["ok"] == 1
     clock.advance(50)
     client.tick()
@@ -345,9 +348,7 @@ def test_t2_given_without_t1_is_kept() -> None:
     client.tick()
     client.on_frame(reply(packets.OFFER, client.xid))
     client.on_frame(reply(packets.ACK, client.xid, extra=t2_only))
-    while st(client) == State.PROBING:
-        clock.mono = client.wakeup
-        client.tick()
+    finish_probe(client, clock)
     assert client.lease is not None
     assert client.lease.t2 == 30 and 0 < client.lease.t1 < 30
 
@@ -364,9 +365,7 @@ def test_an_address_that_changes_at_renewal_is_probed_before_use() -> None:
     assert st(client) == State.PROBING
     probe = host.sent[before]
     assert probe[12:14] == b"\x08\x06" and probe[38:42] == bytes([10, 0, 0, 6])
-    while st(client) == State.PROBING:
-        clock.mono = client.wakeup
-        client.tick()
+    finish_probe(client, clock)
     assert st(client) == State.BOUND and client.lease is not None
     assert client.lease.address == "10.0.0.6" and host.removed == ["10.0.0.5"]
     # The same address at the next renewal: no probe.
