@@ -58,10 +58,29 @@ class Lifecycle:
         self.run_dir = run_dir
         self.stop_requested = False
         self.signal: int | None = None
+        # Read end of the signal wake-up pipe (see install_signal_handlers), or None.
+        self.wakeup_fd: int | None = None
 
     def install_signal_handlers(self) -> None:
+        """Set the stop flag on SIGTERM/SIGINT, and make every signal readable on
+        ``wakeup_fd``: a worker waiting in a poll must see its stop at once, not at the end of
+        its poll timeout (up to a second per worker at every stop and restart)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        if self.wakeup_fd is None:
+            read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+            self.wakeup_fd = read_end
+
+    def drain_wakeup(self) -> None:
+        """Empty the wake-up pipe (its bytes are signal numbers, already handled)."""
+        if self.wakeup_fd is None:
+            return
+        try:
+            while os.read(self.wakeup_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True

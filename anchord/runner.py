@@ -41,7 +41,8 @@ def run_worker(name: str, env: Mapping[str, str]) -> int:
     life.install_signal_handlers()
     try:
         if name == "bus":
-            broker.serve(config.run_dir, lambda: life.stop_requested)
+            wakeup = None if life.wakeup_fd is None else (life.wakeup_fd, life.drain_wakeup)
+            broker.serve(config.run_dir, lambda: life.stop_requested, wakeup)
             return 0
         module = importlib.import_module(WORKERS[name])
         with BusClient(
@@ -50,6 +51,8 @@ def run_worker(name: str, env: Mapping[str, str]) -> int:
             subscribe=getattr(module, "SUBSCRIBE", ()),
             subscribe_all=getattr(module, "SUBSCRIBE_ALL", False),
         ) as bus:
+            if life.wakeup_fd is not None:
+                bus.wake_on_signals(life.wakeup_fd, life.drain_wakeup)
             log.info("worker started")
             code: int = module.run(config, bus, life)
     except Exception:

@@ -66,6 +66,7 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
         sys.executable, "-m", "supervisor.supervisord"]
     proc = subprocess.Popen([*argv, "-n", "-c", str(conf)], env=child_env)
     log.info("supervisord started", extra={"fields": {"pid": proc.pid, "conf": str(conf)}})
+    _wake_at_start(config.run_dir, proc)
 
     stopping: list[float] = []
     received: list[str] = []
@@ -85,7 +86,7 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
     signalled: set[str] = set()
     while True:
         try:
-            code = proc.wait(timeout=0.2 if stopping else 0.5)
+            code = proc.wait(timeout=0.05 if stopping else 0.5)
             break
         except subprocess.TimeoutExpired:
             if received and received[0] != "logged":
@@ -97,6 +98,8 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
                 fanned_out = _stop_workers_together(config.run_dir, proc.pid)
             elif fanned_out:
                 _stop_the_rest_in_order(fanned_out, signalled)
+                if any(_zombie(pid) for pid in fanned_out):
+                    _poke(config.run_dir)
             if stopping and time.monotonic() - stopping[0] > STOP_DEADLINE:
                 log.error("supervisord did not stop in time; killing it")
                 proc.kill()
@@ -128,13 +131,55 @@ def _stop_the_rest_in_order(workers: dict[int, str], signalled: set[str]) -> Non
         return
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie waiting for supervisord to reap it."""
+def _state(pid: int) -> str | None:
+    """The process state letter of /proc/<pid>/stat (``Z``: exited, not reaped), or None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for supervisord to reap it."""
+    return _state(pid) not in (None, "Z")
+
+
+def _zombie(pid: int) -> bool:
+    return _state(pid) == "Z"
+
+
+def _rpc(run_dir: Path) -> xmlrpc.client.ServerProxy:
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, f"unix://{run_dir / 'supervisor.sock'}")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def _poke(run_dir: Path) -> None:
+    """Make supervisord's main loop turn now.
+
+    supervisord acts (spawns, reaps an exited program, notices that everything has stopped)
+    only after its poll returns, which without I/O takes its full second: a signal does not
+    cut it short (Python retries the poll). Any request on its socket does. At a start that
+    second comes before the first program is spawned; at a stop, after each exit.
+    """
+    try:
+        _rpc(run_dir).supervisor.getState()
+    except (OSError, xmlrpc.client.Error):
+        pass  # a fault (SHUTDOWN_STATE while stopping) is an answer: the loop turned
+
+
+def _wake_at_start(run_dir: Path, proc: subprocess.Popen[bytes], limit: float = 5.0) -> None:
+    """Poke supervisord as soon as its socket exists, so that the programs are spawned then
+    and not a second later (see ``_poke``)."""
+    sock = run_dir / "supervisor.sock"
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sock.exists():
+            _poke(run_dir)
+            return
+        time.sleep(0.01)  # polling for the socket file; supervisord makes it within ~0.1 s
 
 
 def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> dict[int, str] | None:
@@ -151,12 +196,8 @@ def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> dict[int, str
     Returns the programs found (pid -> name; empty when nothing is left to do), or None
     while supervisord is not stopping yet.
     """
-    from supervisor.xmlrpc import SupervisorTransport
-
-    transport = SupervisorTransport(None, None, f"unix://{run_dir / 'supervisor.sock'}")
-    rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
     try:
-        state = cast(dict[str, Any], rpc.supervisor.getState())
+        state = cast(dict[str, Any], _rpc(run_dir).supervisor.getState())
         if state["statename"] != "SHUTDOWN":
             return None
     except xmlrpc.client.Fault as fault:

@@ -34,8 +34,13 @@ def prepare_run_dir(run_dir: Path) -> None:
     os.chmod(run_dir, 0o700)
 
 
-def serve(run_dir: Path, should_stop: Callable[[], bool]) -> int:
-    """Forward until ``should_stop()``; returns the number of messages forwarded."""
+def serve(run_dir: Path, should_stop: Callable[[], bool],
+          wakeup: tuple[int, Callable[[], None]] | None = None) -> int:
+    """Forward until ``should_stop()``; returns the number of messages forwarded.
+
+    ``wakeup`` (a signal wake-up pipe and what empties it) ends a wait at once, so that a
+    stop is seen then and not at the end of the wait.
+    """
     prepare_run_dir(run_dir)
     pub_ep, sub_ep = endpoints(run_dir)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -62,8 +67,12 @@ def serve(run_dir: Path, should_stop: Callable[[], bool]) -> int:
         poller = zmq.Poller()
         poller.register(xsub, zmq.POLLIN)
         poller.register(xpub, zmq.POLLIN)
+        if wakeup is not None:
+            poller.register(wakeup[0], zmq.POLLIN)
         while not should_stop():
             ready = dict(poller.poll(500))
+            if wakeup is not None and wakeup[0] in ready:
+                wakeup[1]()
             if xsub in ready:
                 # Drain in bursts so one busy publisher cannot starve subscriptions.
                 for _ in range(1000):

@@ -58,6 +58,8 @@ class BusClient:
         self._conditions: Callable[[], Sequence[Condition]] = lambda: ()
         self._summary: Callable[[], str] = lambda: ""
         self._watched: set[int] = set()
+        # A signal wake-up pipe (anchord.lifecycle): poll returns when a signal came.
+        self._wakeup: tuple[int, Callable[[], None]] | None = None
         self.ready_fds: set[int] = set()
         self.received: Counter[str] = Counter()  # by topic
         self.decode_errors: Counter[str] = Counter()  # by reason
@@ -105,6 +107,8 @@ class BusClient:
         self._poller.register(self._monitor, zmq.POLLIN)
         for fd in self._watched:
             self._poller.register(fd, zmq.POLLIN)
+        if self._wakeup is not None:
+            self._poller.register(self._wakeup[0], zmq.POLLIN)
         self._say_hello()
         self._heartbeat_next = time.monotonic() + self.heartbeat
 
@@ -164,6 +168,14 @@ class BusClient:
         if self._ctx is not None:
             self._poller.register(fd, zmq.POLLIN)
 
+    def wake_on_signals(self, fd: int, drain: Callable[[], None]) -> None:
+        """Return from ``poll`` as soon as ``fd`` (a signal wake-up pipe) is readable, after
+        ``drain`` has emptied it: the worker then sees its stop flag without waiting out the
+        poll's timeout."""
+        self._wakeup = (fd, drain)
+        if self._ctx is not None:
+            self._poller.register(fd, zmq.POLLIN)
+
     def unwatch(self, fd: int) -> None:
         self._watched.discard(fd)
         if self._ctx is not None:
@@ -189,7 +201,11 @@ class BusClient:
             if self._sub in ready:
                 events.extend(self._drain())
             self.ready_fds = {fd for fd in self._watched if fd in ready}
-            if events or self.ready_fds or time.monotonic() >= deadline:
+            signalled = self._wakeup is not None and self._wakeup[0] in ready
+            if signalled:
+                assert self._wakeup is not None
+                self._wakeup[1]()
+            if events or self.ready_fds or signalled or time.monotonic() >= deadline:
                 return events
 
     # --- internals -------------------------------------------------------

@@ -312,9 +312,10 @@ def start_project(lan: RealHostLan, image: str, lan_image: str,
             if len(mine) != 1:
                 return False
             started.address = mine[0].address
-            return "reply" in lan.query("tcp", started.address, 8080, 1.0)
+            # A short try: a SYN lost before the address is up is retried only after 1 s.
+            return "reply" in lan.query("tcp", started.address, 8080, 0.3)
 
-        harness.wait_until(reachable, reach_timeout, interval=0.2,
+        harness.wait_until(reachable, reach_timeout, interval=0.1,
                            message="a lease in the LAN's dnsmasq and tcp/8080 answering on it")
         started.cold_start_seconds = time.monotonic() - t0
     except BaseException:

@@ -202,12 +202,13 @@ def example(built: dict[str, subprocess.CompletedProcess[str]]) -> Iterator[Exam
         def reachable() -> bool:
             mine = [x for x in lan.leases() if x.family == 4 and x.hostname == name]
             running.address = mine[0].address if len(mine) == 1 else ""
-            return bool(running.address) and "reply" in running.lan_query(25, 1.0)
+            # A short try: a SYN lost before the address is up is retried only after 1 s.
+            return bool(running.address) and "reply" in running.lan_query(25, 0.3)
 
         harness.wait_until(
             reachable,
             REACH_TIMEOUT,
-            interval=0.3,
+            interval=0.1,
             message="the README example's lease and tcp/25 answering",
         )
         harness.figure(f"README example: `docker compose up -d` returned after {up_seconds:.1f}s,"
