@@ -1,5 +1,5 @@
 """python -m anchord: the same as the anchord command."""
 
-from anchord.cli import main
+from anchord.entry import main
 
 main()

@@ -20,43 +20,13 @@ import click
 
 from anchord import __version__, logsetup
 from anchord import config as configmod
+from anchord.entry import EXIT_CONFIG, load_config, run_healthcheck, run_service_anchor, run_worker
+from anchord.entry import select_mode as select_mode
 
 log = logging.getLogger("anchord")
 
-EXIT_CONFIG = 2
 # How long a start without ANCHORD_PROJECT waits for Docker (or its proxy) to name the project.
 SELF_PROJECT_TIMEOUT = 60.0
-
-
-def select_mode(argument: str | None, env: Mapping[str, str]) -> str:
-    """The mode from the first argument, else ``ANCHORD_MODE``, else network-anchor.
-
-    Both given and different is an error: a role is never switched silently.
-    """
-    from_env = env.get("ANCHORD_MODE", "").strip()
-    if from_env:
-        configmod.parse_mode(from_env)
-    if argument and from_env and argument != from_env:
-        raise configmod.ConfigError(
-            "ANCHORD_MODE", from_env, f"the same mode as the command argument ({argument}) "
-            "or unset")
-    return argument or from_env or "network-anchor"
-
-
-def _load(mode: str) -> configmod.Config:
-    """Config of ``mode`` from the environment, or exit 2 with one clear line."""
-    env = dict(os.environ)
-    logsetup.configure("anchord")
-    try:
-        cfg = configmod.load(env, mode=select_mode(mode, env))
-    except configmod.ConfigError as exc:
-        log.error(str(exc), extra={"fields": {"variable": exc.variable, "value": exc.value}})
-        sys.exit(EXIT_CONFIG)
-    logsetup.configure("anchord", cfg.log_level)
-    for warning in configmod.unknown_variables(env):
-        log.warning(warning)
-    return cfg
-
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="anchord")
@@ -125,7 +95,7 @@ def network_anchor() -> None:
     given = _given_project(os.environ)
     if given is None:
         _learn_project()
-    cfg = _load("network-anchor")
+    cfg = load_config("network-anchor")
     if not isinstance(cfg, configmod.NetworkAnchorConfig):
         raise click.UsageError("ANCHORD_MODE says service-anchor")
     if given is not None:
@@ -139,12 +109,7 @@ def network_anchor() -> None:
 def service_anchor() -> None:
     """Run a service-anchor: keep this namespace's default route pointed at the
     network-anchor (ANCHORD_GATEWAY_HOSTNAME). One per exposed service."""
-    cfg = _load("service-anchor")
-    if not isinstance(cfg, configmod.ServiceAnchorConfig):
-        raise click.UsageError("ANCHORD_MODE says network-anchor")
-    from workers import service_anchor as sa
-
-    sys.exit(sa.main(cfg))
+    sys.exit(run_service_anchor())
 
 
 @main.command("worker")
@@ -157,14 +122,7 @@ def worker(name: str) -> None:
     if name not in runner.PROGRAMS:
         raise click.BadParameter(f"{name!r}; known: {', '.join(runner.PROGRAMS)}",
                                  param_hint="NAME")
-    env = dict(os.environ)
-    try:
-        code = runner.run_worker(name, env)
-    except configmod.ConfigError as exc:
-        logsetup.configure(name)
-        log.error(str(exc))
-        code = EXIT_CONFIG
-    sys.exit(code)
+    sys.exit(run_worker(name))
 
 
 @main.command("status")
@@ -244,13 +202,7 @@ def release() -> None:
 def healthcheck() -> None:
     """Exit 0 when this container is healthy (the image's HEALTHCHECK). Works with the
     metrics listener disabled: it reads the readiness file in the run directory."""
-    from anchord import health
-
-    env = dict(os.environ)
-    run_dir = Path(env.get("ANCHORD_RUN_DIR", "/run/anchord"))
-    ok, message = health.check(run_dir)
-    click.echo(message)
-    sys.exit(0 if ok else 1)
+    sys.exit(run_healthcheck())
 
 
 if __name__ == "__main__":

@@ -32,19 +32,21 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-
-import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from typing import TYPE_CHECKING
 
 from anchord import __version__
 from anchord.config import ServiceAnchorConfig
 from anchord.health import HEALTH_FILE, STALE_AFTER
-from anchord.httpserve import Listener, serve
 from anchord.routes import RouteError, RouteTable, family_name
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from anchord.httpserve import Listener
 
 log = logging.getLogger(__name__)
 
@@ -178,33 +180,72 @@ class Lookups:
 
 
 class Metrics:
-    """This process's own registry: only the service-anchor series (SPEC F-19)."""
+    """This process's own series (SPEC F-19), kept as plain numbers.
+
+    prometheus_client (with http.server, urllib, ssl and email under it) is imported only
+    when a listener asks for :attr:`registry`: the service-anchor listens on nothing by
+    default, and it runs once per exposed service, so the ~5 MB of modules are not paid for
+    nothing.
+    """
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.resolve_total = Counter(
-            "anchord_gateway_resolve", "Resolutions of the gateway name, by family and outcome",
-            ["family", "outcome"], registry=self.registry)
-        self.route_replaces = Counter(
-            "anchord_gateway_route_replaces", "Default routes replaced (installed or moved)",
-            ["family"], registry=self.registry)
-        self.route_errors = Counter(
-            "anchord_gateway_route_errors", "Default route replacements the kernel refused",
-            ["family"], registry=self.registry)
-        self.route_present = Gauge(
-            "anchord_default_route_present",
-            "1 while a default route via the resolved gateway is installed", ["family"],
-            registry=self.registry)
-        Info("anchord_build", "anchord build", registry=self.registry).info(
-            {"version": __version__, "role": "service-anchor"})
         # Every series exists from the start, so that rate() and absence alerts work at once.
-        for family in FAMILIES:
-            name = family_name(family)
-            for outcome in OUTCOMES:
-                self.resolve_total.labels(name, outcome)
-            self.route_replaces.labels(name)
-            self.route_errors.labels(name)
-            self.route_present.labels(name).set(0)
+        names = [family_name(family) for family in FAMILIES]
+        self.resolve_total = {(n, outcome): 0.0 for n in names for outcome in OUTCOMES}
+        self.route_replaces = dict.fromkeys(names, 0.0)
+        self.route_errors = dict.fromkeys(names, 0.0)
+        self.route_present = dict.fromkeys(names, 0.0)
+        self._registry: CollectorRegistry | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            self._registry = _registry_of(self)
+        return self._registry
+
+
+def _registry_of(metrics: Metrics) -> CollectorRegistry:
+    """A registry whose one collector reads ``metrics`` at every scrape."""
+    import prometheus_client
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        InfoMetricFamily,
+        Metric,
+    )
+
+    disable_created = getattr(prometheus_client, "disable_created_metrics", None)
+    if disable_created is not None:  # *_created series are noise here (prometheus-client 0.18+)
+        disable_created()
+
+    class Collector(prometheus_client.registry.Collector):
+        def collect(self) -> Iterator[Metric]:
+            resolve = CounterMetricFamily(
+                "anchord_gateway_resolve", "Resolutions of the gateway name, by family and "
+                "outcome", labels=["family", "outcome"])
+            for (name, outcome), value in metrics.resolve_total.items():
+                resolve.add_metric([name, outcome], value)
+            replaces = CounterMetricFamily(
+                "anchord_gateway_route_replaces", "Default routes replaced (installed or moved)",
+                labels=["family"])
+            errors = CounterMetricFamily(
+                "anchord_gateway_route_errors", "Default route replacements the kernel refused",
+                labels=["family"])
+            present = GaugeMetricFamily(
+                "anchord_default_route_present",
+                "1 while a default route via the resolved gateway is installed", labels=["family"])
+            for metric, series in ((replaces, metrics.route_replaces),
+                                   (errors, metrics.route_errors),
+                                   (present, metrics.route_present)):
+                for name, value in series.items():
+                    metric.add_metric([name], value)
+            build = InfoMetricFamily("anchord_build", "anchord build")
+            build.add_metric([], {"version": __version__, "role": "service-anchor"})
+            yield from (resolve, replaces, errors, present, build)
+
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(Collector())
+    return registry
 
 
 class HealthFile:
@@ -284,7 +325,7 @@ class RouteKeeper:
 
     def handle(self, res: Resolution) -> None:
         st = self.states[res.family]
-        self._metrics.resolve_total.labels(st.name, res.outcome).inc()
+        self._metrics.resolve_total[st.name, res.outcome] += 1
         self._log_outcome(st, res)
         if res.addresses:
             st.backoff.success()
@@ -304,11 +345,11 @@ class RouteKeeper:
             try:
                 self._routes.replace(st.family, want)
             except RouteError as exc:
-                self._metrics.route_errors.labels(st.name).inc()
+                self._metrics.route_errors[st.name] += 1
                 log.warning("cannot install default route via %s: %s", want, exc,
                             extra=_fields(family=st.name, gateway=want))
                 return False
-            self._metrics.route_replaces.labels(st.name).inc()
+            self._metrics.route_replaces[st.name] += 1
             log.info("default route via %s (%s) installed, was %s", want, st.name,
                      current or "none",
                      extra=_fields(family=st.name, gateway=want, previous=current))
@@ -339,7 +380,7 @@ class RouteKeeper:
         for st in self.states.values():
             st.present = (st.installed is not None
                           and self._routes.gateway(st.family) == st.installed)
-            self._metrics.route_present.labels(st.name).set(1 if st.present else 0)
+            self._metrics.route_present[st.name] = 1 if st.present else 0
         unmet = self.conditions()
         self._health.update(not unmet, unmet, {st.name: st.installed if st.present else None
                                                for st in self.states.values()})
@@ -395,9 +436,6 @@ def main(config: ServiceAnchorConfig) -> int:
     old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     # The handler's byte on the pipe wakes select() at once instead of at its timeout.
     old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    disable_created = getattr(prometheus_client, "disable_created_metrics", None)
-    if disable_created is not None:  # *_created series are noise here (prometheus-client 0.18+)
-        disable_created()
     routes = RouteTable()
     listener: Listener | None = None
     try:
@@ -406,6 +444,8 @@ def main(config: ServiceAnchorConfig) -> int:
         keeper = RouteKeeper(config, routes, metrics, health)
         keeper.refresh()  # not ready yet, and say so before the first lookup
         if config.metrics_addr is not None:
+            from anchord.httpserve import serve  # http.server only when asked for a listener
+
             listener = serve(config.metrics_addr, metrics.registry, keeper.unmet)
         lookups = Lookups(config.gateway_hostname, wake_w)
         log.info("service-anchor keeping the default route via %s (every %gs)",
