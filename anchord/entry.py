@@ -16,9 +16,10 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from anchord import config as configmod
-from anchord import logsetup
+if TYPE_CHECKING:
+    from anchord.config import Config
 
 log = logging.getLogger("anchord")
 
@@ -30,6 +31,8 @@ def select_mode(argument: str | None, env: Mapping[str, str]) -> str:
 
     Both given and different is an error: a role is never switched silently.
     """
+    from anchord import config as configmod
+
     from_env = env.get("ANCHORD_MODE", "").strip()
     if from_env:
         configmod.parse_mode(from_env)
@@ -40,8 +43,11 @@ def select_mode(argument: str | None, env: Mapping[str, str]) -> str:
     return argument or from_env or "network-anchor"
 
 
-def load_config(mode: str) -> configmod.Config:
+def load_config(mode: str) -> Config:
     """Config of ``mode`` from the environment, or exit 2 with one clear line."""
+    from anchord import config as configmod
+    from anchord import logsetup
+
     env = dict(os.environ)
     logsetup.configure("anchord")
     try:
@@ -57,6 +63,8 @@ def load_config(mode: str) -> configmod.Config:
 
 def run_service_anchor() -> int:
     """``anchord service-anchor``: the exit code of the service-anchor."""
+    from anchord import config as configmod
+
     cfg = load_config("service-anchor")
     assert isinstance(cfg, configmod.ServiceAnchorConfig)  # select_mode refused any other
     from workers import service_anchor as sa
@@ -66,7 +74,8 @@ def run_service_anchor() -> int:
 
 def run_worker(name: str) -> int:
     """``anchord worker NAME`` for a known NAME: the worker's exit code."""
-    from anchord import runner
+    from anchord import config as configmod
+    from anchord import logsetup, runner
 
     try:
         return runner.run_worker(name, dict(os.environ))
@@ -77,7 +86,8 @@ def run_worker(name: str) -> int:
 
 
 def run_healthcheck() -> int:
-    """``anchord healthcheck``: 0 when healthy; prints the reason either way."""
+    """``anchord healthcheck``: 0 when healthy; prints the reason either way. Imports only
+    what reading the health file needs: Docker runs it every few seconds in every container."""
     from anchord import health
 
     run_dir = Path(os.environ.get("ANCHORD_RUN_DIR", "/run/anchord"))
