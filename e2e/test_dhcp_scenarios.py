@@ -307,3 +307,65 @@ def test_s5_two_projects_on_one_lan_are_independent(testbed: Callable[[], DhcpBe
     assert_reachable(bed, beta, b6)
     assert beta.addresses(4) == [b4]
     assert [lease.address for lease in lan.leases_of(beta.hostname, 4)] == [b4]
+
+
+# --- S-6 / F-6, F-6b: the address survives restarts, with each server ------------------------
+# What each server logs once per new acquisition (an answered DISCOVER / SOLICIT): a client that
+# re-requests its stored lease (INIT-REBOOT, DHCPv6 Renew) never draws one.
+NEW_ACQUISITION = {
+    ("dnsmasq", 4): "DHCPOFFER",
+    ("dnsmasq", 6): "DHCPADVERTISE",
+    ("kea", 4): "DHCP4_LEASE_ADVERT",
+    ("kea", 6): "DHCP6_LEASE_ADVERT",
+}
+
+
+def down_and_up(project: Project) -> None:
+    project.project.compose("down", timeout=120)
+    project.project.up()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("server", SERVERS)
+def test_s6_the_address_survives_restart_recreate_and_down_up(
+    testbed: Callable[[], DhcpBed], server: str, family: int
+) -> None:
+    """`compose restart anchord`, `up --force-recreate anchord`, `down` + `up` (the state
+    volume kept): the same address each time, re-requested, never acquired anew."""
+    bed = testbed()
+    lan = bed.start_lan(server, "v4" if family == 4 else "stateful")
+    project = bed.start_project("web")
+    hostname = project.hostname
+    address = wait_until(
+        lambda: [lease.address for lease in lan.leases_of(hostname, family)
+                 if lease.address in project.addresses(family)],
+        LEASE_TIMEOUT,
+        interval=0.5,
+        message=f"{hostname}'s IPv{family} lease on anchord-ext",
+    )[0]
+    marker = NEW_ACQUISITION[server, family]
+
+    def acquisitions() -> int:
+        return lan.project.logs("dhcp").count(marker)
+
+    before = acquisitions()
+    assert before >= 1, f"{marker!r} never logged: {lan.project.logs('dhcp')[-3000:]}"
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("compose restart anchord",
+         lambda: project.project.compose("restart", "anchord", timeout=120)),
+        ("compose up -d --force-recreate anchord",
+         lambda: project.project.compose("up", "-d", "--no-build", "--pull", "never",
+                                         "--force-recreate", "anchord", timeout=180)),
+        # `down` without -v: the anchord-state volume stays, as it does for a user.
+        ("compose down + up", partial(down_and_up, project)),
+    ]
+    for what, step in steps:
+        step()
+        wait_until(lambda: address in project.addresses(family), LEASE_TIMEOUT, interval=0.3,
+                   message=f"{address} back on anchord-ext after {what}")
+        assert project.addresses(family) == [address], (what, project.addresses(family))
+        assert acquisitions() == before, (
+            f"after {what}: the server handed out a new lease\n"
+            f"{lan.project.logs('dhcp')[-3000:]}")
+        assert [lease.address for lease in lan.leases_of(hostname, family)] == [address], what
+    assert_reachable(bed, project, address)
