@@ -1,8 +1,9 @@
 """``anchord.dhcp.hostns`` against the real kernel: a namespace's id and links seen from another.
 
-Two namespaces made here: ``anchor`` (where hostns runs, as the dhcp worker would) and ``host``
-(standing in for a real host, with an ``eth0.42``: one end of a veth pair). hostns is given the path of
-``host``'s namespace handle, as ``ANCHORD_PARENT=/path:ifname`` gives it; no setns.
+Two namespaces made here: ``anchor`` (where hostns runs, as the dhcp worker would) and
+``host`` (standing in for a real host, with an ``eth0.42``: one end of a veth pair). hostns is
+given the path of ``host``'s namespace handle, as ``ANCHORD_PARENT=/path:ifname`` gives it; no
+setns.
 """
 
 from __future__ import annotations
