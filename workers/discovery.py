@@ -4,7 +4,8 @@ This module owns the worker's state machine: the cache of the project's containe
 inspect documents, which container is anchord itself, the transit network choice,
 the generation counter and the snapshots it publishes (``BackendsDesired``,
 ``NetworkMap``, ``DockerEventsSeen``) plus its readiness condition ``docker``.
-Docker I/O lives in ``anchord.docker_state``, label rules in ``anchord.labels``.
+Docker I/O lives in ``anchord.docker_api`` and ``anchord.docker_events``, the reading of
+Docker's documents in ``anchord.docker_inspect``, label rules in ``anchord.labels``.
 
 How it stays right:
 
@@ -31,16 +32,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 from anchord.backoff import Backoff
 from anchord.config import NetworkAnchorConfig
-from anchord.docker_state import (
+from anchord.docker_api import DockerApi
+from anchord.docker_events import EventPump, PumpReport
+from anchord.docker_inspect import (
     INHIBIT_IPV4_OPTION,
     PROJECT_LABEL,
-    DockerApi,
-    DockerUnavailable,
-    EventPump,
     Inspect,
     IPNetwork,
     NetworkFacts,
-    PumpReport,
     attachments,
     choose_transit,
     container_view,
@@ -50,7 +49,6 @@ from anchord.docker_state import (
     fingerprint,
     is_running,
     labels_of,
-    local_macs,
     name_of,
     network_alias,
     networks_of,
@@ -60,8 +58,10 @@ from anchord.docker_state import (
     transit_subnets,
     transition_time,
 )
+from anchord.docker_reach import DockerUnavailable
 from anchord.labels import Table, build_table
 from anchord.lifecycle import Lifecycle
+from anchord.local_macs import local_macs
 from bus.client import BusClient
 from bus.events import (
     BackendsDesired,
