@@ -22,7 +22,7 @@ import pytest
 
 from bus.client import BusClient
 from bus.events import BackendsDesired, DockerEventsSeen, Event, NetworkMap, WorkerStatus
-from tests.integration.discovery_support import Project, ensure_dockerd, project
+from tests.integration.discovery_support import Project
 from tests.netns import wait_until
 
 # docker-py's connection pool sometimes drops a finished event-stream socket to the garbage
@@ -107,19 +107,6 @@ class Worker:
         self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=10)
         return self.proc.returncode, out.decode(errors="replace")
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[docker.APIClient]:
-    client = ensure_dockerd()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def proj(api: docker.APIClient) -> Iterator[Project]:
-    with project(api) as p:
-        yield p
 
 
 @pytest.fixture
