@@ -27,9 +27,13 @@ def sh(*argv: str, check: bool = True, timeout: float = 30, **kw: object) -> str
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+    predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05,
+    what: str = ""
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy; raise after ``timeout`` seconds."""
+    """Poll ``predicate`` until it returns something truthy; raise after ``timeout`` seconds.
+
+    The result is never None (typed so: callers need no ``assert result is not None``, which
+    could not fail)."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while True:

@@ -268,9 +268,7 @@ class Driver:
             d = self.desired
             return d if d is not None and predicate(d) else None
 
-        result = wait_until(check, timeout=timeout, what=what)
-        assert result is not None
-        return result
+        return wait_until(check, timeout=timeout, what=what)
 
 
 def config(project: str, docker_host: str = SOCKET, poll_interval: float = 30.0,
