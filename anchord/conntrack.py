@@ -24,23 +24,13 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
-import os
 import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2.netlink import (
-    NETLINK_NETFILTER,
-    NLM_F_ACK,
-    NLM_F_DUMP,
-    NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
-)
-from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink import NETLINK_NETFILTER
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
 from pyroute2.netlink.nfnetlink.nfctsocket import (
     IPCTNL_MSG_CT_DELETE,
@@ -48,6 +38,8 @@ from pyroute2.netlink.nfnetlink.nfctsocket import (
     NFCTAttrTuple,
     nfct_msg,
 )
+
+from anchord.netlink import HEADER, NLM_F_ACK, NLM_F_DUMP, NetlinkError, NetlinkSocket
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +66,18 @@ def _norm(family: int, address: str) -> str:
 class Conntrack:
     """A ctnetlink socket, opened on first use in the current network namespace.
 
-    pyroute2's message classes encode and decode; the I/O is a plain blocking
-    netlink socket, because pyroute2 0.9's asyncio-backed dump costs ~25 ms per
-    call even on an empty table, which would hide the kernel's real cost.
+    pyroute2's message classes encode and decode; the I/O is ``anchord.netlink``'s plain
+    blocking socket with a timeout, because pyroute2 0.9's asyncio-backed dump costs ~25 ms
+    per call even on an empty table, which would hide the kernel's real cost.
     """
 
     def __init__(self) -> None:
-        self._sock: socket.socket | None = None
-        self._seq = 0
+        self._nl: NetlinkSocket | None = None
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
 
     def __enter__(self) -> Conntrack:
         return self
@@ -96,39 +87,22 @@ class Conntrack:
 
     def _request(self, family: int, msg: nfct_msg, msg_type: int, flags: int) -> list[nfct_msg]:
         """Send one request; return the decoded answers (raises NetlinkError on error)."""
-        if self._sock is None:
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            self._sock.bind((0, 0))
-        self._seq += 1
-        msg["header"]["type"] = (NFNL_SUBSYS_CTNETLINK << 8) | msg_type
-        msg["header"]["flags"] = flags
-        msg["header"]["sequence_number"] = self._seq
+        if self._nl is None:
+            # A large receive buffer: a dump of many flows arrives faster than we decode it.
+            self._nl = NetlinkSocket(NETLINK_NETFILTER, rcvbuf=1 << 20)
         msg["nfgen_family"] = _AF[family]
         msg.encode()
-        self._sock.send(msg.data)
+        answers = self._nl.request((NFNL_SUBSYS_CTNETLINK << 8) | msg_type, flags,
+                                   bytes(msg.data[HEADER.size:]))
         out: list[nfct_msg] = []
-        while True:
-            data = self._sock.recv(1 << 20)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, kind, _, seq, _ = struct.unpack_from("=IHHII", data, offset)
-                if length < 16:
-                    raise NetlinkError(errno.EPROTO, "malformed netlink message")
-                chunk = data[offset:offset + length]
-                offset += (length + 3) & ~3
-                if seq != self._seq:
-                    continue  # an answer to an earlier, abandoned request
-                if kind == NLMSG_DONE:
-                    return out
-                if kind == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", chunk, 16)
-                    if code:
-                        raise NetlinkError(-code, os.strerror(-code))
-                    return out  # the ACK of a non-dump request
-                answer = nfct_msg(chunk)
-                answer.decode()
-                out.append(answer)
+        for answer in answers:
+            # pyroute2 decodes whole messages: give it back the header it expects.
+            raw = HEADER.pack(HEADER.size + len(answer.payload), answer.type, answer.flags,
+                              0, 0) + answer.payload
+            decoded = nfct_msg(raw)
+            decoded.decode()
+            out.append(decoded)
+        return out
 
     def _dump(self, family: int, direction: str, filt: NFCTAttrTuple) -> list[Any]:
         """Entries whose ``direction`` ("orig" or "reply") tuple matches ``filt``.
@@ -151,7 +125,7 @@ class Conntrack:
             })
         else:
             request = nfct_msg()
-        msgs = self._request(family, request, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP)
+        msgs = self._request(family, request, IPCTNL_MSG_CT_GET, NLM_F_DUMP)
         if kernel is filt:
             return msgs
         attr = "CTA_TUPLE_ORIG" if direction == "orig" else "CTA_TUPLE_REPLY"
@@ -168,10 +142,10 @@ class Conntrack:
             seen.add(key)
             try:
                 self._request(family, nfct_msg.create_from(tuple_orig=orig),
-                              IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK)
+                              IPCTNL_MSG_CT_DELETE, NLM_F_ACK)
                 removed += 1
             except NetlinkError as exc:
-                if exc.code != errno.ENOENT:  # it expired or was deleted meanwhile
+                if exc.errno != errno.ENOENT:  # it expired or was deleted meanwhile
                     raise
         return removed
 

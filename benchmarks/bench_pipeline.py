@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from anchord.config import NetworkAnchorConfig
-from anchord.docker_state import NetworkFacts
+from anchord.docker_inspect import NetworkFacts
 from anchord.nft import NatTables
 from bus import codec
 from bus.events import BackendsDesired

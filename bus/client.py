@@ -25,6 +25,7 @@ from types import TracebackType
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from anchord.backoff import Backoff
 from bus.broker import endpoints
 from bus.codec import MAX_MESSAGE_BYTES, DecodeError, decode, encode
 from bus.events import CATALOGUE, Condition, Event, Hello, WorkerStatus
@@ -32,7 +33,8 @@ from bus.events import CATALOGUE, Condition, Event, Hello, WorkerStatus
 log = logging.getLogger(__name__)
 
 HEARTBEAT = 5.0
-_HELLO_RETRY = 0.1  # first resend of an unanswered Hello; doubles up to 1 s
+_HELLO_RETRY = 0.1  # first resend of an unanswered Hello; doubles up to _HELLO_RETRY_MAX
+_HELLO_RETRY_MAX = 1.0
 
 
 class BusClient:
@@ -67,7 +69,7 @@ class BusClient:
         # Connections to the broker made so far: each one after the first is a restarted broker.
         self.connects = 0
         self._hello_next = 0.0
-        self._hello_delay = _HELLO_RETRY
+        self._hello_backoff = Backoff(initial=_HELLO_RETRY, cap=_HELLO_RETRY_MAX)
         self._heartbeat_next = 0.0
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
 
@@ -213,15 +215,14 @@ class BusClient:
     def _timers(self, now: float) -> None:
         if not self.hello_acked and now >= self._hello_next:
             self.publish(Hello(worker=self.worker, pid=self.pid))
-            self._hello_next = now + self._hello_delay
-            self._hello_delay = min(self._hello_delay * 2, 1.0)
+            self._hello_next = now + self._hello_backoff.next()
         if now >= self._heartbeat_next:
             self._heartbeat_next = now + self.heartbeat
             self.state_changed()
 
     def _say_hello(self) -> None:
         self.hello_acked = False
-        self._hello_delay = _HELLO_RETRY
+        self._hello_backoff.reset()
         self._hello_next = 0.0
 
     def _on_monitor(self) -> None:

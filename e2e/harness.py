@@ -73,12 +73,12 @@ def run(
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     interval: float = 0.2,
     message: str = "condition",
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy, and return that.
+    """Poll ``predicate`` until it returns something truthy, and return that (never None).
 
     An exception raised by the predicate counts as "not yet" (the last one is reported if the
     deadline passes). Raises ``TimeoutError`` naming ``message`` after ``timeout`` seconds.

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import pytest
 
-from anchord.docker_state import DockerApi
+from anchord.docker_api import DockerApi
 from e2e import harness
 
 SCENARIO = "F-22"

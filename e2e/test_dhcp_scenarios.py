@@ -70,9 +70,7 @@ def answered(
         result = query()
         return result if "reply" in result else None
 
-    result = wait_until(attempt, timeout, interval=0.3, message=what)
-    assert result is not None
-    return result
+    return wait_until(attempt, timeout, interval=0.3, message=what)
 
 
 def assert_reachable(bed: DhcpBed, project: Project, address: str) -> None:

@@ -186,7 +186,6 @@ def test_kill_9_of_any_program_under_load_drops_nothing(
             before = wait_until(
                 lambda p=program: supervisor_pid(supervisorctl_status(stack), p),  # type: ignore[misc]
                 10, interval=0.1, message=f"{program} RUNNING before its kill")
-            assert before is not None, program
             started = ls.now()
             stack.exec("anchord", "sh", "-c", f"kill -9 {before}")  # the shell's builtin
             killed.append(program)

@@ -27,9 +27,13 @@ def sh(*argv: str, check: bool = True, timeout: float = 30, **kw: object) -> str
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+    predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05,
+    what: str = ""
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy; raise after ``timeout`` seconds."""
+    """Poll ``predicate`` until it returns something truthy; raise after ``timeout`` seconds.
+
+    The result is never None (typed so: callers need no ``assert result is not None``, which
+    could not fail)."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while True:
@@ -50,6 +54,7 @@ class Netns:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.procs: list[subprocess.Popen[bytes]] = []  # started by popen(), reaped by delete()
         sh("ip", "netns", "add", name)
         self.run("ip", "link", "set", "lo", "up")
 
@@ -61,7 +66,10 @@ class Netns:
         return sh("ip", "netns", "exec", self.name, *argv, check=check, timeout=timeout)
 
     def popen(self, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(["ip", "netns", "exec", self.name, *argv], **kw)  # type: ignore[call-overload,no-any-return]
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+            ["ip", "netns", "exec", self.name, *argv], **kw)
+        self.procs.append(proc)
+        return proc
 
     def sysctl(self, key: str, value: str) -> None:
         self.run("sysctl", "-qw", f"{key}={value}")
@@ -74,6 +82,16 @@ class Netns:
                 os.kill(int(pid), 9)
             except (ProcessLookupError, ValueError):
                 pass
+        # Reap what popen() started, even after a failed test: an unreaped Popen would be
+        # reported ("subprocess N is still running") in whichever later test collects it.
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        self.procs.clear()
         sh("ip", "netns", "del", self.name, check=False)
 
 

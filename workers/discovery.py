@@ -4,7 +4,8 @@ This module owns the worker's state machine: the cache of the project's containe
 inspect documents, which container is anchord itself, the transit network choice,
 the generation counter and the snapshots it publishes (``BackendsDesired``,
 ``NetworkMap``, ``DockerEventsSeen``) plus its readiness condition ``docker``.
-Docker I/O lives in ``anchord.docker_state``, label rules in ``anchord.labels``.
+Docker I/O lives in ``anchord.docker_api`` and ``anchord.docker_events``, the reading of
+Docker's documents in ``anchord.docker_inspect``, label rules in ``anchord.labels``.
 
 How it stays right:
 
@@ -29,17 +30,16 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from anchord.backoff import Backoff
 from anchord.config import NetworkAnchorConfig
-from anchord.docker_state import (
+from anchord.docker_api import DockerApi
+from anchord.docker_events import EventPump, PumpReport
+from anchord.docker_inspect import (
     INHIBIT_IPV4_OPTION,
     PROJECT_LABEL,
-    DockerApi,
-    DockerUnavailable,
-    EventPump,
     Inspect,
     IPNetwork,
     NetworkFacts,
-    PumpReport,
     attachments,
     choose_transit,
     container_view,
@@ -49,7 +49,6 @@ from anchord.docker_state import (
     fingerprint,
     is_running,
     labels_of,
-    local_macs,
     name_of,
     network_alias,
     networks_of,
@@ -59,8 +58,10 @@ from anchord.docker_state import (
     transit_subnets,
     transition_time,
 )
+from anchord.docker_reach import DockerUnavailable
 from anchord.labels import Table, build_table
 from anchord.lifecycle import Lifecycle
+from anchord.local_macs import local_macs
 from bus.client import BusClient
 from bus.events import (
     BackendsDesired,
@@ -122,7 +123,7 @@ class Discovery:
         self.last_error = ""
         self._pending_time = 0.0  # earliest Docker event time not yet reflected in a rebuild
         self._next_list = 0.0
-        self._retry = _RETRY_MIN
+        self._retry = Backoff(initial=_RETRY_MIN, cap=_RETRY_MAX)  # of failed re-lists
         self._started = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -251,7 +252,7 @@ class Discovery:
             except DockerUnavailable as exc:
                 self._lost(str(exc))
                 # This change is not in the cache: re-list soon rather than at the next poll.
-                self._next_list = min(self._next_list, self._clock() + self._retry)
+                self._next_list = min(self._next_list, self._clock() + _RETRY_MIN)
                 return False
             self._answered()
             if info is not None and labels_of(info).get(PROJECT_LABEL) != self.config.project:
@@ -286,12 +287,11 @@ class Discovery:
             infos = self.api.list_project()
         except DockerUnavailable as exc:
             self._lost(str(exc))
-            self._next_list = self._clock() + self._retry
-            self._retry = min(self._retry * 2, _RETRY_MAX)
+            self._next_list = self._clock() + self._retry.next()
             return
         self._answered()
         self.polls += 1
-        self._retry = _RETRY_MIN
+        self._retry.reset()
         self._next_list = self._clock() + self.config.poll_interval
         self.cache = dict(infos)
         self._foreign.clear()  # bounded by what one poll interval brings

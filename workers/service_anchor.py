@@ -39,6 +39,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from anchord import __version__
+from anchord.backoff import Backoff
 from anchord.config import ServiceAnchorConfig
 from anchord.health import HEALTH_FILE, STALE_AFTER
 from anchord.routes import RouteError, RouteTable, family_name
@@ -57,25 +58,6 @@ BACKOFF_FIRST = 0.25
 HEALTH_REFRESH = STALE_AFTER / 3
 # Bounded label values of anchord_gateway_resolve_total{outcome}.
 OUTCOMES = ("ok", "not_found", "error")
-
-
-class Backoff:
-    """Delays for retrying a failed resolution: ``first``, doubled each time, capped."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first = min(first, cap)
-        self.cap = cap
-        self._failures = 0
-
-    def failure(self) -> float:
-        """Record one failure; return how long to wait before the next attempt."""
-        # The exponent is bounded so that a long outage never overflows the float.
-        delay: float = min(self.cap, self.first * 2.0 ** min(self._failures, 32))
-        self._failures += 1
-        return delay
-
-    def success(self) -> None:
-        self._failures = 0
 
 
 def choose_gateway(answers: Sequence[str], current: str | None) -> str | None:
@@ -321,19 +303,19 @@ class RouteKeeper:
         self._clock = clock
         cap = config.gateway_resolve_interval
         self.states: dict[int, FamilyState] = {
-            f: FamilyState(f, Backoff(BACKOFF_FIRST, cap)) for f in FAMILIES}
+            f: FamilyState(f, Backoff(initial=BACKOFF_FIRST, cap=cap)) for f in FAMILIES}
 
     def handle(self, res: Resolution) -> None:
         st = self.states[res.family]
         self._metrics.resolve_total[st.name, res.outcome] += 1
         self._log_outcome(st, res)
         if res.addresses:
-            st.backoff.success()
+            st.backoff.reset()
             delay = self._config.gateway_resolve_interval
             if not self._converge(st, res.addresses):
-                delay = st.backoff.failure()
+                delay = st.backoff.next()
         else:
-            delay = st.backoff.failure()
+            delay = st.backoff.next()
         st.due = self._clock() + delay
         self.refresh()
 

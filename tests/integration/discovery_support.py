@@ -48,8 +48,11 @@ def ensure_dockerd() -> docker.APIClient:
     try:
         ping()
     except Exception:  # noqa: BLE001 - not running yet: start it
+        # Detached by setsid -f (dockerd outlives the session, as prepare-host's does): no
+        # Popen of a still-running daemon is left for the garbage collector to warn about.
         with open("/var/log/dockerd.log", "ab") as logf:
-            subprocess.Popen(["dockerd"], stdout=logf, stderr=logf, start_new_session=True)
+            subprocess.run(["setsid", "-f", "dockerd"], stdin=subprocess.DEVNULL, stdout=logf,
+                           stderr=logf, check=True, timeout=10)
         wait_until(ping, timeout=60, interval=0.5, what="dockerd to answer")
     return docker.APIClient(base_url=SOCKET, version="auto", timeout=30)
 
@@ -268,9 +271,7 @@ class Driver:
             d = self.desired
             return d if d is not None and predicate(d) else None
 
-        result = wait_until(check, timeout=timeout, what=what)
-        assert result is not None
-        return result
+        return wait_until(check, timeout=timeout, what=what)
 
 
 def config(project: str, docker_host: str = SOCKET, poll_interval: float = 30.0,

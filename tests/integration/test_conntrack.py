@@ -12,7 +12,6 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,18 +21,9 @@ from anchord import conntrack
 from anchord.nft import NatTables
 from bus.events import Backend as Entry
 from tests.integration import inbound_topo as it
-from tests.netns import Netns, topology, wait_until
+from tests.netns import Netns, wait_until
 
 SPORT = 40000
-
-
-@pytest.fixture
-def net() -> Iterator[it.Inbound]:
-    with topology("ct") as topo:
-        try:
-            yield it.build(topo, n_backends=2)
-        finally:
-            it.stop_all()
 
 
 def ct_entries(ns: Netns, *args: str) -> list[tuple[str, str, str, str]]:

@@ -89,9 +89,7 @@ def test_lease_reaches_a_subscriber_and_is_republished_on_hello(bed: Lan) -> Non
             seen.extend(probe.poll(0.2))
             found = [e for e in seen if isinstance(e, LeaseChanged) and e.lease.family == 4]
             return found[-1] if found else None
-        found = wait_until(lease, 20, what="LeaseChanged on the bus")
-        assert found is not None
-        first: LeaseChanged = found
+        first = wait_until(lease, 20, what="LeaseChanged on the bus")
         assert first.lease.address.startswith(f"{LAN_V4}.")
         assert first.lease.hostname == "proj-bus" and first.lease.source == "dhcp"
         assert any(isinstance(e, LinkChanged) and e.up and e.mac == MAC for e in seen)

@@ -8,7 +8,6 @@ with a deadline, for the published table to follow.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -20,8 +19,6 @@ from tests.integration.discovery_support import (
     Project,
     SocketProxy,
     config,
-    ensure_dockerd,
-    project,
 )
 from tests.netns import wait_until
 
@@ -32,19 +29,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[docker.APIClient]:
-    client = ensure_dockerd()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def proj(api: docker.APIClient) -> Iterator[Project]:
-    with project(api) as p:
-        yield p
 
 
 def anchord(p: Project, *networks: str) -> str:

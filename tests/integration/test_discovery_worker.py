@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -22,7 +22,7 @@ import pytest
 
 from bus.client import BusClient
 from bus.events import BackendsDesired, DockerEventsSeen, Event, NetworkMap, WorkerStatus
-from tests.integration.discovery_support import Project, ensure_dockerd, project
+from tests.integration.discovery_support import Project
 from tests.netns import wait_until
 
 # docker-py's connection pool sometimes drops a finished event-stream socket to the garbage
@@ -76,17 +76,14 @@ class Bus:
         self.pump()
         return self.latest.get(cls)
 
-    def wait_desired(self, predicate: object, timeout: float = 5.0,
-                     what: str = "") -> BackendsDesired:
+    def wait_desired(self, predicate: Callable[[BackendsDesired], object],
+                     timeout: float = 5.0, what: str = "") -> BackendsDesired:
         def check() -> BackendsDesired | None:
             self.pump()
-            d = self.latest.get(BackendsDesired)
-            assert d is None or isinstance(d, BackendsDesired)
-            return d if d is not None and predicate(d) else None  # type: ignore[operator]
+            d = self.received[-1][1] if self.received else None
+            return d if d is not None and predicate(d) else None
 
-        result = wait_until(check, timeout=timeout, interval=0, what=what)
-        assert result is not None
-        return result
+        return wait_until(check, timeout=timeout, interval=0, what=what)
 
     def close(self) -> None:
         self.client.close()
@@ -107,19 +104,6 @@ class Worker:
         self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=10)
         return self.proc.returncode, out.decode(errors="replace")
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[docker.APIClient]:
-    client = ensure_dockerd()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def proj(api: docker.APIClient) -> Iterator[Project]:
-    with project(api) as p:
-        yield p
 
 
 @pytest.fixture
@@ -207,8 +191,9 @@ def test_event_to_published_latency(rig: tuple[Project, str, str, Bus, dict[str,
             api.stop(web)
             gone = bus.wait_desired(lambda d: len(d.entries) == 10, timeout=5, what="stopped")
             api.start(web)
+            g = gone.generation
             back = bus.wait_desired(
-                lambda d, g=gone.generation: d.generation > g and len(d.entries) == 11,
+                lambda d: d.generation > g and len(d.entries) == 11,  # noqa: B023 - waited here
                 timeout=5, what="started")
             received = next(t for t, d in bus.received if d.generation == back.generation)
             assert back.cause == "event" and back.event_time > 0

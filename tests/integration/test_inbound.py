@@ -15,16 +15,7 @@ import pytest
 from anchord.nft import NatTables
 from bus.events import Backend as Entry
 from tests.integration import inbound_topo as it
-from tests.netns import topology, wait_until
-
-
-@pytest.fixture
-def net() -> Iterator[it.Inbound]:
-    with topology("ib") as topo:
-        try:
-            yield it.build(topo, n_backends=2)
-        finally:
-            it.stop_all()
+from tests.netns import wait_until
 
 
 @pytest.fixture

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from anchord.nft import NatTables
 from bus.events import Backend as Entry
 from tests.integration import inbound_topo as it
-from tests.netns import topology
 
 FIRST, N = 20000, 10_000
 PROBES = (FIRST, FIRST + 5001, FIRST + N - 1)  # ports the backends actually listen on
-
-
-@pytest.fixture
-def net() -> Iterator[it.Inbound]:
-    with topology("is") as topo:
-        try:
-            yield it.build(topo, n_backends=2)
-        finally:
-            it.stop_all()
 
 
 def entries(net: it.Inbound, flip: set[int]) -> list[Entry]:

@@ -13,17 +13,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from anchord.lifecycle import mark_shutdown
 from bus.client import BusClient
 from bus.events import Backend as Entry
 from bus.events import BackendsDesired, ConntrackFlushed, Event, Lease, LeaseChanged, NatApplied
 from tests.integration import inbound_topo as it
-from tests.netns import Netns, topology, wait_until
+from tests.netns import Netns, wait_until
 
 BROKER = r"""
 import signal, sys
@@ -50,15 +47,6 @@ life.install_signal_handlers()
 with BusClient(name, run_dir, subscribe=module.SUBSCRIBE, heartbeat=1.0) as bus:
     sys.exit(module.run(config, bus, life))
 """
-
-
-@pytest.fixture
-def net() -> Iterator[it.Inbound]:
-    with topology("iw") as topo:
-        try:
-            yield it.build(topo, n_backends=2)
-        finally:
-            it.stop_all()
 
 
 class Procs:

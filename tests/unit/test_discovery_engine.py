@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 from anchord.config import NetworkAnchorConfig
-from anchord.docker_state import (
-    DockerUnavailable,
+from anchord.docker_events import PumpReport
+from anchord.docker_inspect import (
     NetworkFacts,
-    PumpReport,
     choose_transit,
     event_time,
     find_self,
@@ -23,6 +22,7 @@ from anchord.docker_state import (
     relevant_container,
     transition_time,
 )
+from anchord.docker_reach import DockerUnavailable
 from workers.discovery import Discovery
 
 P = "proj"

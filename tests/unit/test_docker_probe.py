@@ -1,8 +1,9 @@
-"""The reachability probe of a tcp:// DOCKER_HOST (``anchord.docker_state._reachable``).
+"""The reachability probe of a tcp:// DOCKER_HOST (``anchord.docker_reach.Reachability``),
+and the event pump's bounded queue (``anchord.docker_events``).
 
 Owns: a proxy whose name does not resolve, or resolves slowly, fails within PROBE_TIMEOUT
 (getaddrinfo itself has no timeout, and Docker's DNS takes 10 s for a stopped container's
-name), concurrent callers share one lookup, and a refused port fails at once.
+name), successive callers share one lookup, and a refused port fails at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from anchord.docker_state import PROBE_TIMEOUT, DockerUnavailable, _reachable
+from anchord import docker_events
+from anchord.docker_events import EventPump, PumpReport
+from anchord.docker_reach import PROBE_TIMEOUT, DockerUnavailable, Reachability
 
 
 def test_slow_resolution_fails_within_the_probe_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,11 +30,12 @@ def test_slow_resolution_fails_within_the_probe_timeout(monkeypatch: pytest.Monk
         raise socket.gaierror(-3, "Temporary failure in name resolution")
 
     monkeypatch.setattr(socket, "getaddrinfo", slow)
+    reach = Reachability()
     try:
         for _ in range(2):
             start = time.monotonic()
             with pytest.raises(DockerUnavailable, match="does not resolve"):
-                _reachable("tcp://docker-proxy:2375", 10.0)
+                reach.check("tcp://docker-proxy:2375", 10.0)
             assert time.monotonic() - start < PROBE_TIMEOUT + 0.5
         assert calls == ["docker-proxy"]  # the second caller waited on the same lookup
     finally:
@@ -39,33 +43,32 @@ def test_slow_resolution_fails_within_the_probe_timeout(monkeypatch: pytest.Monk
 
 
 def test_unknown_name_and_refused_port() -> None:
+    check = Reachability().check
     with pytest.raises(DockerUnavailable, match="cannot resolve"):
-        _reachable("tcp://name.invalid:2375", 10.0)
+        check("tcp://name.invalid:2375", 10.0)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connections are refused
         with pytest.raises(DockerUnavailable, match="refused"):
-            _reachable(f"tcp://127.0.0.1:{port}", 10.0)
+            check(f"tcp://127.0.0.1:{port}", 10.0)
 
 
 def test_listening_port_passes() -> None:
+    check = Reachability().check
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        _reachable(f"tcp://127.0.0.1:{s.getsockname()[1]}", 10.0)
-        _reachable(f"tcp://localhost:{s.getsockname()[1]}", 10.0, connect=False)
+        check(f"tcp://127.0.0.1:{s.getsockname()[1]}", 10.0)
+        check(f"tcp://localhost:{s.getsockname()[1]}", 10.0, connect=False)
 
 
 def test_the_event_queue_is_bounded_and_an_overflow_asks_for_a_re_list() -> None:
-    from anchord import docker_state
-    from anchord.docker_state import EventPump, PumpReport
-
     pump = EventPump("unix:///nonexistent.sock")
     try:
-        for i in range(docker_state.MAX_QUEUED + 50):
+        for i in range(docker_events.MAX_QUEUED + 50):
             pump._report(PumpReport("event", {"id": str(i)}))
         reports = pump.drain()
-        assert len(reports) == docker_state.MAX_QUEUED + 1
+        assert len(reports) == docker_events.MAX_QUEUED + 1
         assert reports[-1] == PumpReport("subscribed")  # the consumer re-lists
         assert pump.drain() == []
     finally:
@@ -75,10 +78,7 @@ def test_the_event_queue_is_bounded_and_an_overflow_asks_for_a_re_list() -> None
 def test_a_proxy_name_is_tried_at_every_address_it_resolves_to(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """IPv6 first (as on a network with IPv6), the proxy listening on IPv4 only: reachable."""
-    import socket
-
-    from anchord import docker_state
-
+    reach = Reachability()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
@@ -88,7 +88,7 @@ def test_a_proxy_name_is_tried_at_every_address_it_resolves_to(
             (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
         ]
         monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: answers)
-        docker_state._tcp_reachable(f"tcp://docker-proxy-v6first:{port}", 2.0, True)
+        reach.check(f"tcp://docker-proxy-v6first:{port}", 2.0)
         answers.pop()  # IPv6 only: refused, and said so
-        with pytest.raises(docker_state.DockerUnavailable, match="::1"):
-            docker_state._tcp_reachable(f"tcp://docker-proxy-v6only:{port}", 2.0, True)
+        with pytest.raises(DockerUnavailable, match="::1"):
+            reach.check(f"tcp://docker-proxy-v6only:{port}", 2.0)

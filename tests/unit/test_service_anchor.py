@@ -1,4 +1,4 @@
-"""Unit tests of the service-anchor's pure parts: backoff, gateway choice, the route keeper's
+"""Unit tests of the service-anchor's pure parts: gateway choice, the route keeper's
 decisions (against a fake route table), the health file and the lookup threads."""
 
 from __future__ import annotations
@@ -81,20 +81,6 @@ def sample(metrics: sa.Metrics, name: str, **labels: str) -> float:
 
 
 # --- pure helpers ------------------------------------------------------------------------------
-
-def test_backoff_doubles_from_first_up_to_cap_and_resets_on_success() -> None:
-    b = sa.Backoff(0.25, 5.0)
-    assert [b.failure() for _ in range(7)] == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
-    b.success()
-    assert b.failure() == 0.25
-
-
-def test_backoff_never_exceeds_a_cap_smaller_than_first_and_survives_long_outages() -> None:
-    b = sa.Backoff(0.25, 0.1)
-    assert b.failure() == 0.1
-    for _ in range(2000):
-        assert b.failure() == 0.1
-
 
 def test_choose_gateway_keeps_current_answer_else_lowest_address() -> None:
     assert sa.choose_gateway([], "10.0.0.1") is None

@@ -1,0 +1,105 @@
+"""Whether the Docker API's endpoint is there, answered fast and without leaking sockets.
+
+Owns the check made before docker-py is asked anything: a ``unix://`` socket must accept a
+connection (docker-py's unix transport does not close its socket when ``connect`` fails, and
+while the API is down we retry often); a ``tcp://`` host name (a socket proxy) must resolve
+within PROBE_TIMEOUT and accept a TCP connection within it (docker-py would block up to 10 s on
+either, and Docker's DNS takes 10 s to give up on the name of a stopped proxy on an internal
+network; discovery's loop must not block that long).
+
+``getaddrinfo`` has no timeout, so a lookup runs in a thread that the caller stops waiting for.
+Each :class:`Reachability` keeps its own lookups in flight: a caller that gave up on a lookup
+waits on the same one next time instead of starting another. One per thread that talks to
+Docker (discovery's loop, the event thread); nothing is shared between them.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+# A tcp:// DOCKER_HOST is checked within this many seconds (see the module docstring).
+PROBE_TIMEOUT = 1.0
+
+
+class DockerUnavailable(Exception):
+    """The Docker API did not answer (daemon down, proxy stopped, timeout)."""
+
+
+class Reachability:
+    """Checks of one ``DOCKER_HOST``'s endpoint; lookups in flight are shared between calls."""
+
+    def __init__(self) -> None:
+        # (host, port) -> the lookup thread and the list it appends its one result to
+        self._lookups: dict[tuple[str, int], tuple[threading.Thread, list[Any]]] = {}
+        self._lock = threading.Lock()  # the lookup thread removes its own entry
+
+    def check(self, docker_host: str, timeout: float, connect: bool = True) -> None:
+        """Raise DockerUnavailable unless the endpoint is there (with ``connect``: accepts a
+        connection; without: for ``tcp://``, the name resolves)."""
+        if docker_host.startswith(("tcp://", "http://")):
+            self._tcp(docker_host, min(timeout, PROBE_TIMEOUT), connect)
+            return
+        if not docker_host.startswith("unix://"):
+            return
+        path = docker_host[len("unix://"):]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            try:
+                s.connect(path)
+            except OSError as exc:
+                raise DockerUnavailable(f"{docker_host}: {exc}") from exc
+
+    def _tcp(self, docker_host: str, timeout: float, connect: bool) -> None:
+        rest = docker_host.split("://", 1)[1].split("/", 1)[0]
+        host, _, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "2375")
+        host = host.strip("[]")
+        try:
+            port = int(port_text)
+        except ValueError:
+            return  # let docker-py report a malformed DOCKER_HOST
+        answers = self._resolve(host, port, timeout)
+        if answers is None:
+            raise DockerUnavailable(f"{docker_host}: {host} does not resolve within {timeout:g}s")
+        if isinstance(answers, OSError):
+            raise DockerUnavailable(f"{docker_host}: cannot resolve {host}: {answers}")
+        if not connect:
+            return
+        # Every address the name resolves to, in order: with IPv6 on the proxy's network the
+        # first answer is its IPv6 address, which a proxy listening on IPv4 only refuses.
+        errors = []
+        for family, kind, proto, _, address in answers:
+            with socket.socket(family, kind, proto) as s:
+                s.settimeout(timeout)
+                try:
+                    s.connect(address)
+                    return
+                except OSError as exc:
+                    errors.append(f"{address[0]}: {exc}")
+        raise DockerUnavailable(f"{docker_host}: {host}:{port}: {'; '.join(errors)}")
+
+    def _resolve(self, host: str, port: int, timeout: float) -> Any:
+        """getaddrinfo's answers, the OSError it raised, or None if it takes over ``timeout``."""
+        key = (host, port)
+        with self._lock:
+            pending = self._lookups.get(key)
+            if pending is None:
+                result: list[Any] = []
+
+                def lookup() -> None:
+                    try:
+                        result.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+                    except OSError as exc:
+                        result.append(exc)
+                    finally:
+                        with self._lock:
+                            self._lookups.pop(key, None)
+
+                pending = (threading.Thread(target=lookup, name=f"resolve-{host}", daemon=True),
+                           result)
+                self._lookups[key] = pending
+                pending[0].start()
+        thread, found = pending
+        thread.join(timeout)
+        return found[0] if found else None
