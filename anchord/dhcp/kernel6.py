@@ -71,10 +71,12 @@ def addresses(ipr: IPRoute, index: int) -> list[Addr6]:
     return out
 
 
-def link_local(found: list[Addr6]) -> str:
-    """The interface's link-local address once DAD has passed ("" until then)."""
+def link_local(found: list[Addr6], tentative_ok: bool = False) -> str:
+    """The interface's link-local address once DAD has passed ("" until then); with
+    ``tentative_ok`` also one still in DAD (never one whose DAD failed)."""
     for a in found:
-        if a.scope == RT_SCOPE_LINK and a.address.startswith("fe80:") and a.usable:
+        if a.scope == RT_SCOPE_LINK and a.address.startswith("fe80:") and not a.dad_failed \
+                and (a.usable or tentative_ok):
             return a.address
     return ""
 

@@ -333,12 +333,14 @@ class V6Client:
             self._send(self.p6.RENEW, now, until=t2, address=self.lease.address,
                        server=self.server_duid)
 
-    def _source(self) -> str:
-        return kernel6.link_local(self.host.addresses6())
+    def _source(self, tentative_ok: bool = False) -> str:
+        return kernel6.link_local(self.host.addresses6(), tentative_ok)
 
     def _send(self, msg_type: int, now: float, until: float | None = None, address: str = "",
               server: bytes = b"") -> None:
-        source = self._source()
+        # A Release at shutdown cannot wait for the new child's link-local DAD (about 1 s):
+        # it leaves from the kernel's link-local even while that is still tentative.
+        source = self._source(tentative_ok=msg_type == self.p6.RELEASE)
         self.no_source = not source
         if not source:
             # RFC 8415 13.1: a client message's source is its link-local address; the kernel
@@ -517,6 +519,13 @@ class V6Client:
 
     def _accept(self, reply: object, pick: object, now: float) -> None:
         lease = self._lease_from(reply, pick)
+        if self.lease is not None and self.lease.address == lease.address and \
+                self.verified != lease.address:
+            # A confirmed stored lease: DAD already done if the kernel has the address
+            # usable (a restarted worker adopting its child).
+            seen = kernel6.find(self.host.addresses6(), lease.address)
+            if seen is not None and seen.usable:
+                self.verified = lease.address
         if self.lease is not None and self.lease.address == lease.address and \
                 self.verified == lease.address:
             # A renewal of the address we hold: new lifetimes, no DAD.
