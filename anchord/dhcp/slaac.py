@@ -6,7 +6,8 @@ being the kernel's (the link module turns it on):
 - ``project_address``: of the child's addresses, the one that is the
   project's: global, not temporary (RFC 8981), not deprecated (preferred
   lifetime left), DAD passed, not the DHCPv6 lease. The current one is kept
-  while it stays eligible; otherwise the one the router prefers longest wins,
+  while it stays eligible (or, deprecated, until a successor has passed DAD);
+  otherwise the one the router prefers longest wins,
   so after renumbering (the old prefix announced with preferred lifetime 0,
   RFC 4862 5.5.3) the new prefix's address takes over at the first RA that
   deprecates the old one.
@@ -43,12 +44,18 @@ def eligible(a: Addr6) -> bool:
 def project_address(found: Iterable[Addr6], exclude: str = "",
                     current: str = "") -> Addr6 | None:
     """The project's SLAAC address among ``found`` (None if there is none)."""
+    found = list(found)
     candidates = [a for a in found if eligible(a) and a.address != exclude]
     for a in candidates:
         if a.address == current:
             return a
     if not candidates:
-        return None
+        # Renumbering: the old address is deprecated a second or two before the new one has
+        # passed DAD. The current one, still valid, stays the project's meanwhile rather than
+        # the project losing its address for that time; a deprecated one is never newly chosen.
+        return next((a for a in found if a.address == current and a.usable
+                     and a.scope == RT_SCOPE_UNIVERSE and a.valid > 0
+                     and not a.flags & (IFA_F_TEMPORARY | IFA_F_PERMANENT)), None)
     # Longest preferred lifetime first; the address itself breaks ties, so the choice is
     # stable from one look to the next.
     return min(candidates, key=lambda a: (-a.preferred, a.address))

@@ -26,7 +26,9 @@ it with a fake host and clock. RFC 8415 behaviour, clause by clause:
   Renew or Rebind keeps the lease; an address with valid lifetime 0 is the
   server withdrawing it.
 - 18.2.10.1/18.2.8: a new address is installed and held in DAD until the kernel
-  says Duplicate Address Detection passed; IFA_F_DADFAILED sends a Decline.
+  says Duplicate Address Detection passed; a failure (IFA_F_DADFAILED, or the
+  address deleted while tentative, which is what the kernel does to an address
+  with lifetimes) sends a Decline.
   An address the kernel refuses to install is never reported as bound.
 - Messages leave from the link-local address the kernel has (and has finished
   DAD for); until there is one, nothing is sent but Router Solicitations from ::.
@@ -166,6 +168,7 @@ class V6Client:
         self.pending: StoredLease | None = None  # in DAD
         self.pending_base = 0.0
         self.dad_deadline = 0.0
+        self.dad_watched = False  # the pending address was seen tentative
         self.verified = ""  # the address whose DAD passed on this child
         self.declined = ""
         self.xid = 0
@@ -539,17 +542,23 @@ class V6Client:
             return
         self.pending, self.pending_base = lease, now
         self.dad_deadline = now + DAD_WAIT
+        self.dad_watched = False
         self._go(S.DAD, f"{lease.address} installed, duplicate address detection")
         self._check_dad(now)
 
     def _check_dad(self, now: float) -> None:
         assert self.pending is not None
         seen = kernel6.find(self.host.addresses6(), self.pending.address)
-        if seen is None:
+        if seen is None and self.dad_watched:
+            # The kernel deletes an address with lifetimes whose DAD failed (it keeps only
+            # permanent ones, flagged IFA_F_DADFAILED): gone while tentative is a failure.
+            self._decline(now)
+        elif seen is None:
             self._refused(self.pending, now)
         elif seen.dad_failed:
             self._decline(now)
         elif seen.tentative and now < self.dad_deadline:
+            self.dad_watched = True
             self.timer = now + DAD_POLL
         else:
             if seen.tentative:

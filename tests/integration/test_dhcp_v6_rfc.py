@@ -7,8 +7,9 @@ about the wire, tcpdump on the LAN bridge.
 
 from __future__ import annotations
 
-import json
+import itertools
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,64 @@ def test_address_change_on_renew_moves_to_the_new_address(bed: Lan) -> None:
     assert f" {MAC} > 33:33:00:00:00:01" in na and "Flags [override]" in na
     # Not before DAD passed (the log's clock has millisecond resolution).
     assert when >= log_times(worker, f"dad -> bound ({LAN_V6}3a0")[0] - 0.01
+
+
+def test_dad_failure_declines_the_address_and_takes_another(bed: Lan) -> None:
+    """Another host on the LAN already has the first pool address: the kernel's DAD fails
+    (IFA_F_DADFAILED), the worker sends a Decline, never reports that address, and binds the
+    next one."""
+    server = bed.server_ns("srv", 1)
+    squatter = bed.topo.netns("squat")
+    bed.plug(squatter, "eth0", address6=f"{LAN_V6}200/64")
+    Radvd(bed, server, "radvd", managed=True)
+    kea = Kea6Server(bed, server, "kea", pool=f"{LAN_V6}200-{LAN_V6}201")
+    worker = Worker(bed).start()
+    lease = dhcpv6(worker, timeout=30, address=f"{LAN_V6}201")["lease"]
+    assert lease["address"] == f"{LAN_V6}201/128"
+    log = worker.log_text()
+    assert "dad -> declining" in log
+    assert f"{LAN_V6}200" not in published_v6(worker)
+    assert "DHCP6_DECLINE" in kea.lines()
+    assert f"{LAN_V6}200/128" not in worker.addresses(6)
+
+
+def test_renumbering_new_prefix_becomes_the_project_address_within_one_ra(bed: Lan) -> None:
+    router = bed.server_ns("rtr", 1)
+    radvd = RadvdPrefixes(bed, router, "radvd", [(f"{LAN_V6}/64", 1800, 3600)])
+    worker = Worker(bed).start()
+    old = f"{LAN_V6}{EUI64}"
+    worker.wait_lease(6, timeout=15, pred=lambda e: e["lease"]["address"] == f"{old}/64")
+    capture = Capture(bed, "ra", "icmp6 and ip6[40] == 134")
+    announced_at = time.time()
+    radvd.announce([(f"{LAN_V6}/64", 0, 3600), ("fd88::/64", 1800, 3600)])
+    new = f"fd88::{EUI64}"
+    moved = worker.wait_lease(6, timeout=15,
+                              pred=lambda e: e["lease"]["address"] == f"{new}/64")
+    assert moved["previous"] == f"{old}/64" and moved["lease"]["source"] == "slaac"
+    # Within one RA: published before the RA after the first one that carried the new prefix.
+    ras = [t for t, line in capture.frames() if "router advertisement" in line]
+    first_ra = next(t for t in ras if t >= announced_at)  # the first with the new prefix
+    published_at = next(e["t"] for e in worker.published()
+                        if e["topic"] == "LeaseChanged/"
+                        and e["data"]["lease"]["address"] == f"{new}/64")
+    print(f"renumbering: published {published_at - first_ra:.2f} s after the first RA")
+    assert published_at - first_ra < 4.0, (ras, published_at)  # MaxRtrAdvInterval
+    # Never without an address in between (the deprecated one is kept until the new is ready).
+    assert '"topic": "LeaseLost/"' not in worker.events.read_text()
+
+
+def test_router_solicitations_back_off_on_the_wire(bed: Lan) -> None:
+    # The kernel solicits too (its own RFC 7559 backoff, when accept_ra works); in a container
+    # whose sysctls cannot be set it does not, and the worker's are the only ones. Keep the
+    # kernel's off the wire here so that the worker's are the ones measured.
+    bed.anchor.sysctl("net.ipv6.conf.default.router_solicitations", "0")
+    capture = Capture(bed, "rs", "icmp6 and ip6[40] == 133")
+    Worker(bed).start()  # no router on this LAN
+
+    def solicitations() -> list[float]:
+        return [t for t, line in capture.frames()
+                if line.split(" ")[1] == MAC and "router solicitation" in line]
+    wait_until(lambda: len(solicitations()) >= 4, 40, what="four router solicitations")
+    gaps = [b - a for a, b in itertools.pairwise(solicitations())]
+    # RFC 7559: 4 s, then doubling (+-10 %); not every 4 s.
+    assert 3.6 <= gaps[0] <= 4.4 and 7.2 <= gaps[1] <= 8.8 and 14.4 <= gaps[2] <= 17.6, gaps

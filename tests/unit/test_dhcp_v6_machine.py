@@ -334,6 +334,17 @@ def test_dad_failure_sends_decline_and_never_binds() -> None:
     client2.tick()
     client2._on_dhcp6(answer(client2, packets6.REPLY, ia_options=b""))
     assert st(client2) == State.SOLICITING
+    # The kernel deletes a non-permanent address whose DAD failed: gone while tentative.
+    client3, host3, clock3 = make()
+    managed(client3, clock3)
+    client3._on_dhcp6(answer(client3, packets6.ADVERTISE, preference=255))
+    client3._on_dhcp6(answer(client3, packets6.REPLY))
+    clock3.advance(0.1)
+    client3.tick()
+    del host3.addrs[ADDR]
+    clock3.advance(0.1)
+    client3.tick()
+    assert st(client3) == State.DECLINING and host3.changes == []
 
 
 def test_address_the_kernel_refuses_is_never_bound() -> None:
@@ -345,15 +356,14 @@ def test_address_the_kernel_refuses_is_never_bound() -> None:
     assert st(client) == State.SOLICITING and client.current() is None
     assert host.changes == [] and client.acquisitions["refused"] == 1
     assert client.wakeup - clock.mono >= 0.9  # a pause before trying again, not a loop
-    # The same when the address vanishes during DAD.
+    # The same when the add "succeeds" but the kernel never shows the address.
     host.refuse = False
     run_until(client, clock, lambda: host.types()[-1] == packets6.SOLICIT)
     client._on_dhcp6(answer(client, packets6.ADVERTISE, preference=255))
+    host.apply6 = lambda lease, valid, preferred: True  # type: ignore[method-assign]
     client._on_dhcp6(answer(client, packets6.REPLY))
-    del host.addrs[ADDR]
-    clock.advance(0.1)
-    client.tick()
     assert st(client) == State.SOLICITING and host.changes == []
+    assert client.acquisitions["refused"] == 2
 
 
 # --- timers: T1/T2, RFC constants, the injected clock ------------------------------------
@@ -559,6 +569,8 @@ def test_slaac_project_address_global_not_deprecated_not_temporary() -> None:
     chosen = project_address(found)
     assert chosen is not None and chosen.address == "fd7b::1"
     assert project_address(found, exclude="fd7b::1") is None
+    assert project_address(found, exclude="fd7b::1", current="fd78::1") is not None  # kept
+    assert project_address(found, exclude="fd7b::1", current="fd77::1") is None
 
 
 def test_slaac_renumbering_switches_on_the_ra_that_deprecates_the_old_prefix() -> None:
@@ -566,9 +578,17 @@ def test_slaac_renumbering_switches_on_the_ra_that_deprecates_the_old_prefix() -
     host.addrs["fd77::42"] = _g("fd77::42")
     client.observe()
     assert client.current() is not None and client.current()[0].address == "fd77::42"  # type: ignore[index]
-    # The RA that renumbers: new prefix, old one's preferred lifetime 0.
-    host.addrs["fd88::42"] = _g("fd88::42", 0, 1800)
+    # The RA that renumbers: new prefix, old one's preferred lifetime 0. While the new
+    # address is in DAD the old one, deprecated but valid, is kept (no loss in between).
+    host.addrs["fd88::42"] = _g("fd88::42", IFA_F_TENTATIVE, 1800)
     host.addrs["fd77::42"] = _g("fd77::42", IFA_F_DEPRECATED, 0)
+    client._on_ra(packets6.RouterAdvert("fe80::1", managed=False, other=False, lifetime=1800))
+    clock.advance(0.05)
+    client.observe()
+    assert client.current()[0].address == "fd77::42"  # type: ignore[index]
+    assert host.changes == [("fd77::42", None, "slaac")]
+    host.addrs["fd88::42"] = _g("fd88::42", 0, 1800)
+    clock.advance(1.0)
     client._on_ra(packets6.RouterAdvert("fe80::1", managed=False, other=False, lifetime=1800))
     clock.advance(0.05)
     client.observe()
