@@ -8,7 +8,10 @@ about the wire, tcpdump on the LAN bridge.
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import shlex
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ import pytest
 from tests.integration.dhcp_servers import (
     LAN_V6,
     MAC,
+    REPO,
     Capture,
     Dnsmasq,
     Kea6Server,
@@ -212,3 +216,62 @@ def test_router_solicitations_back_off_on_the_wire(bed: Lan) -> None:
     gaps = [b - a for a, b in itertools.pairwise(solicitations())]
     # RFC 7559: 4 s, then doubling (+-10 %); not every 4 s.
     assert 3.6 <= gaps[0] <= 4.4 and 7.2 <= gaps[1] <= 8.8 and 14.4 <= gaps[2] <= 17.6, gaps
+
+
+class ReadOnlySysctlWorker(Worker):
+    """The worker as in a container: /proc/sys read-only, so the child keeps the IPv6
+    sysctls it inherits (here disable_ipv6=1: the kernel refuses every IPv6 address)."""
+
+    def start(self) -> Worker:
+        self.events.write_text("")
+        inner = ("mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && "
+                 f"exec {shlex.quote(sys.executable)} -m tests.integration.dhcp_servers worker "
+                 f"{shlex.quote(json.dumps(self.spec))}")
+        self.proc = self.bed.start(
+            self.bed.anchor, ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                              inner], self.log, {"PYTHONPATH": str(REPO)})
+        return self
+
+
+def test_ipv6_off_on_the_child_is_never_reported_bound(bed: Lan) -> None:
+    """disable_ipv6=1 on the child (a container whose Compose file does not enable IPv6): no
+    link-local address, so no DHCPv6 message leaves, and nothing is reported bound, although
+    the server could reach us (a static neighbour entry stands in for ND, which the child does
+    not answer). v4 is not held up."""
+    server = bed.server_ns("srv", 1)
+    Radvd(bed, server, "radvd", managed=True)
+    Dnsmasq(bed, server, "dnsmasq")
+    kea = Kea6Server(bed, server, "kea")
+    server.run("ip", "-6", "neigh", "replace", f"fe80::{EUI64}", "lladdr", MAC, "dev", "eth0",
+               "nud", "permanent")
+    bed.anchor.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+    worker = ReadOnlySysctlWorker(bed).start()
+    worker.wait_lease(4, timeout=20)
+    wait_until(lambda: "router advertisement seen" in worker.log_text(), 15, what="an RA")
+    wait_until(lambda: "idle -> soliciting" in worker.log_text(), 5, what="M flag acted on")
+    deadline = time.monotonic() + 6  # several Solicit retransmissions' worth
+    while time.monotonic() < deadline:
+        assert worker.lease(6) is None
+        time.sleep(0.2)
+    log = worker.log_text()
+    assert not [line for line in log.splitlines() if "dhcpv6" in line and "-> bound" in line]
+    assert "dhcpv6 soliciting -> requesting" not in log and "dhcpv6 requesting" not in log
+    assert "DHCP6_PACKET_RECEIVED" not in kea.lines() or CLIENT_DUID not in kea.lines()
+    assert worker.addresses(6) == []
+
+
+def test_the_kernel_refuses_an_ipv6_address_when_ipv6_is_off(bed: Lan) -> None:
+    """What the V6Host reports to the machine: False (EACCES) from the real kernel."""
+    from pyroute2 import NetNS
+
+    from anchord.dhcp import kernel
+    bed.anchor.run("ip", "link", "add", "dummy6", "type", "veth", "peer", "name", "dummy6p")
+    bed.anchor.sysctl("net.ipv6.conf.dummy6.disable_ipv6", "1")
+    ns = NetNS(bed.anchor.name)
+    try:
+        index = ns.link_lookup(ifname="dummy6")[0]
+        assert not kernel.apply_address(ns, index, f"{LAN_V6}99", 128, 60, 30)
+        bed.anchor.sysctl("net.ipv6.conf.dummy6.disable_ipv6", "0")
+        assert kernel.apply_address(ns, index, f"{LAN_V6}99", 128, 60, 30)
+    finally:
+        ns.close()
