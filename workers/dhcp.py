@@ -22,7 +22,7 @@ from typing import Protocol
 from pyroute2 import IPRoute
 
 from anchord.config import NetworkAnchorConfig
-from anchord.dhcp import gateway, kernel
+from anchord.dhcp import gateway, kernel, kernel6
 from anchord.dhcp.leasefile import LeaseFile, StoredLease
 from anchord.dhcp.link import ChildLink, LinkStatus, resolve_parent
 from anchord.dhcp.rawio import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, RawSocket
@@ -120,6 +120,16 @@ class DhcpWorker:
                 0.0, lease.preferred - (time.time() - lease.acquired))
             kernel.apply_address(self.ipr, self.status.index, lease.address, lease.prefixlen,
                                  remaining, preferred, lease.router)
+
+    def apply6(self, lease: StoredLease, valid: float, preferred: float) -> bool:
+        """V6Host: False when the kernel refuses the address (EACCES with IPv6 off)."""
+        if not self.status.index:
+            return False
+        return kernel.apply_address(self.ipr, self.status.index, lease.address,
+                                    lease.prefixlen, valid, preferred)
+
+    def addresses6(self) -> list[kernel6.Addr6]:
+        return kernel6.addresses(self.ipr, self.status.index)
 
     def remove(self, lease: StoredLease) -> None:
         if self.status.index:
@@ -310,7 +320,7 @@ class DhcpWorker:
         if self.started:
             self.v4.tick()
             self.v6.tick()
-            self.v6.observe(self.ipr, self.status.index)
+            self.v6.observe()
             self._sync_arp()
         wakeups = [self.link_next]
         if self.started:

@@ -1,12 +1,25 @@
-"""DHCPv6 and Neighbour Discovery on the wire: build with scapy, parse strictly.
+"""DHCPv6 and Neighbour Discovery on the wire: built with scapy, parsed strictly.
 
 Owns the IPv6 message formats the dhcp worker speaks: DHCPv6 client messages
-(RFC 8415), Router Solicitation, unsolicited Neighbour Advertisement, and the
-reading of Router Advertisements (only the M flag, lifetime and source matter
-to us: the kernel does SLAAC itself). scapy builds the IPv6/UDP/ICMPv6 framing;
-the DHCPv6 options are a flat TLV we write and walk ourselves so that a
-received message is validated byte by byte. Anything malformed raises
-``Malformed``.
+(RFC 8415: Solicit, Request, Renew, Rebind, Release, Decline), Router
+Solicitation, unsolicited Neighbour Advertisement, and the reading of Router
+Advertisements (the M flag, lifetime and source matter to us: the kernel does
+SLAAC itself).
+
+Building uses scapy's layers, DHCPv6 included (``DHCP6_Solicit`` …,
+``DHCP6OptClientId``, ``DHCP6OptIA_NA``/``DHCP6OptIAAddress``, ``DHCP6OptOptReq``,
+``DHCP6OptElapsedTime``), with one exception: the Client FQDN option (39) is
+written by hand, because scapy's ``DHCP6OptClientFQDN`` always terminates the
+name with the root label, and a bare host name must go out as a *partial* name
+(RFC 4704 4.2) so that the server appends its own domain.
+
+Parsing does not use scapy's DHCPv6 dissector: it never fails. An option whose
+length runs past the end of its parent, a truncated IA_NA, a server DUID of
+200 octets are all dissected "successfully" into ``Raw`` padding, and a
+message's meaning would then depend on how scapy guesses. A received message
+is therefore walked byte by byte here, and anything malformed raises
+``Malformed``; tests/unit/test_dhcp_packets.py checks that scapy's dissector
+and this parser read what ``build`` writes the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +28,21 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from scapy.layers.dhcp6 import (
+    DHCP6_Decline,
+    DHCP6_Rebind,
+    DHCP6_Release,
+    DHCP6_Renew,
+    DHCP6_Request,
+    DHCP6_Solicit,
+    DHCP6OptClientId,
+    DHCP6OptElapsedTime,
+    DHCP6OptIA_NA,
+    DHCP6OptIAAddress,
+    DHCP6OptOptReq,
+    DHCP6OptServerId,
+    DHCP6OptUnknown,
+)
 from scapy.layers.inet import UDP
 from scapy.layers.inet6 import (
     ICMPv6ND_NA,
@@ -24,16 +52,32 @@ from scapy.layers.inet6 import (
     IPv6,
 )
 from scapy.layers.l2 import Ether
-from scapy.packet import Raw
+from scapy.packet import Packet, Raw
 
 from anchord.dhcp.packets import Malformed, mac_bytes
 
-SOLICIT, ADVERTISE, REQUEST, RENEW, REBIND, REPLY, RELEASE = 1, 2, 3, 5, 6, 7, 8
+SOLICIT, ADVERTISE, REQUEST, RENEW, REBIND, REPLY, RELEASE, DECLINE = 1, 2, 3, 5, 6, 7, 8, 9
 OPT_CLIENTID, OPT_SERVERID, OPT_IA_NA, OPT_IAADDR, OPT_ORO = 1, 2, 3, 5, 6
-OPT_ELAPSED, OPT_STATUS, OPT_FQDN = 8, 13, 39
+OPT_PREFERENCE, OPT_ELAPSED, OPT_STATUS, OPT_FQDN, OPT_SOL_MAX_RT = 7, 8, 13, 39, 82
+OPT_DNS_SERVERS, OPT_DOMAIN_LIST = 23, 24
+# RFC 8415 21.13 status codes
+SUCCESS, UNSPEC_FAIL, NO_ADDRS_AVAIL, NO_BINDING, NOT_ON_LINK, USE_MULTICAST = range(6)
+STATUS_NAMES = {SUCCESS: "Success", UNSPEC_FAIL: "UnspecFail", NO_ADDRS_AVAIL: "NoAddrsAvail",
+                NO_BINDING: "NoBinding", NOT_ON_LINK: "NotOnLink",
+                USE_MULTICAST: "UseMulticast"}
+SOL_MAX_RT_RANGE = (60, 86400)  # RFC 8415 21.24: a value outside is ignored
 MAX_MESSAGE = 1500
+INFINITY = 0xFFFFFFFF
+
+_MESSAGES: dict[int, type[Packet]] = {
+    SOLICIT: DHCP6_Solicit, REQUEST: DHCP6_Request, RENEW: DHCP6_Renew,
+    REBIND: DHCP6_Rebind, RELEASE: DHCP6_Release, DECLINE: DHCP6_Decline}
 
 __all__ = ["Malformed", "Reply6", "RouterAdvert", "build", "classify", "parse_reply"]
+
+
+def status_name(code: int) -> str:
+    return STATUS_NAMES.get(code, f"status {code}")
 
 
 def duid_ll(mac: str) -> bytes:
@@ -41,43 +85,45 @@ def duid_ll(mac: str) -> bytes:
     return struct.pack("!HH", 3, 1) + mac_bytes(mac)
 
 
-def _opt(code: int, value: bytes) -> bytes:
-    return struct.pack("!HH", code, len(value)) + value
-
-
 def _fqdn(hostname: str) -> bytes:
-    # RFC 4704: flags S=1 (server updates AAAA), then the name in wire format (partial).
-    wire = b"".join(bytes([len(label)]) + label.encode("ascii")
-                    for label in hostname.split(".") if label)
-    return b"\x01" + wire
+    # RFC 4704: flags S=1 (server updates AAAA), then the name in wire format; a bare host
+    # name is a partial name (no root label), a dotted one is sent fully qualified.
+    labels = [label for label in hostname.split(".") if label]
+    wire = b"".join(bytes([len(label)]) + label.encode("ascii") for label in labels)
+    return b"\x01" + wire + (b"\x00" if len(labels) > 1 else b"")
 
 
 def build(msg_type: int, mac: str, src: str, xid: int, duid: bytes, iaid: int,
           hostname: str, *, address: str = "", server_duid: bytes = b"",
           elapsed: int = 0) -> bytes:
     """One DHCPv6 client message to All_DHCP_Relay_Agents_and_Servers, as a frame."""
-    ia_options = b""
-    if address:
-        ia_options = _opt(OPT_IAADDR, ipaddress.IPv6Address(address).packed
-                          + struct.pack("!II", 0, 0))
-    body = _opt(OPT_CLIENTID, duid)
+    message = _MESSAGES[msg_type](trid=xid & 0xFFFFFF)
+    message /= DHCP6OptClientId(duid=Raw(duid))
     if server_duid:
-        body += _opt(OPT_SERVERID, server_duid)
-    body += _opt(OPT_IA_NA, struct.pack("!III", iaid, 0, 0) + ia_options)
-    body += _opt(OPT_ELAPSED, struct.pack("!H", elapsed))
-    if msg_type != RELEASE:
-        body += _opt(OPT_FQDN, _fqdn(hostname))
-        body += _opt(OPT_ORO, struct.pack("!HHH", 23, 24, OPT_FQDN))
-    payload = struct.pack("!I", (msg_type << 24) | (xid & 0xFFFFFF)) + body
+        message /= DHCP6OptServerId(duid=Raw(server_duid))
+    # RFC 8415 21.6: lifetimes in a client's IA Address option are 0 (the server decides).
+    ia_addrs = [DHCP6OptIAAddress(addr=address, preflft=0, validlft=0)] if address else []
+    message /= DHCP6OptIA_NA(iaid=iaid, T1=0, T2=0, ianaopts=ia_addrs)
+    message /= DHCP6OptElapsedTime(elapsedtime=elapsed)
+    if msg_type not in (RELEASE, DECLINE):
+        message /= DHCP6OptUnknown(optcode=OPT_FQDN, data=_fqdn(hostname))
+        # RFC 8415 18.2: SOL_MAX_RT is always in the Option Request option.
+        message /= DHCP6OptOptReq(reqopts=[OPT_DNS_SERVERS, OPT_DOMAIN_LIST, OPT_FQDN,
+                                           OPT_SOL_MAX_RT])
     frame = (Ether(src=mac, dst="33:33:00:01:00:02")
              / IPv6(src=src, dst="ff02::1:2", hlim=1)
-             / UDP(sport=546, dport=547) / Raw(payload))
+             / UDP(sport=546, dport=547) / message)
     return bytes(frame)
 
 
 def router_solicit(mac: str, src: str) -> bytes:
-    return bytes(Ether(src=mac, dst="33:33:00:00:00:02") / IPv6(src=src, dst="ff02::2", hlim=255)
-                 / ICMPv6ND_RS() / ICMPv6NDOptSrcLLAddr(lladdr=mac))
+    """RFC 4861 6.3.7; from the unspecified address (no link-local yet) without the SLLAO
+    (4.1: it MUST NOT be included then)."""
+    rs = Ether(src=mac, dst="33:33:00:00:00:02") / IPv6(src=src, dst="ff02::2", hlim=255) \
+        / ICMPv6ND_RS()
+    if src != "::":
+        rs /= ICMPv6NDOptSrcLLAddr(lladdr=mac)
+    return bytes(rs)
 
 
 def unsolicited_na(mac: str, address: str) -> bytes:
@@ -96,15 +142,54 @@ class RouterAdvert:
 
 
 @dataclass(frozen=True)
-class Reply6:
-    msg_type: int
-    server_duid: bytes
-    address: str  # "" if the IA carries no usable address
+class IaAddress:
+    address: str
     preferred: int
     valid: int
+
+
+@dataclass(frozen=True)
+class Reply6:
+    """An Advertise or Reply, reduced to what the client acts on.
+
+    ``addresses`` holds the IA_NA's usable addresses only: an address whose valid lifetime
+    is 0 (the server withdraws it, RFC 8415 18.2.10.1) is in ``withdrawn`` instead, and an
+    address with preferred > valid, or an IA whose T1 > T2, is discarded (21.4, 21.6).
+    """
+
+    msg_type: int
+    server_duid: bytes
+    status: int  # the message's own status (0 when absent)
+    ia_found: bool  # an IA_NA with our IAID was in the message
+    ia_status: int  # that IA's status (0 when absent)
     t1: int
     t2: int
-    status: int
+    addresses: tuple[IaAddress, ...] = ()
+    withdrawn: tuple[str, ...] = ()
+    preference: int = 0
+    sol_max_rt: int = 0  # 0: none given (or out of range)
+
+    @property
+    def address(self) -> str:
+        """The first usable address ("" if none): what a Solicit exchange is offered."""
+        return self.addresses[0].address if self.addresses and self.ok else ""
+
+    @property
+    def preferred(self) -> int:
+        return self.addresses[0].preferred if self.addresses else 0
+
+    @property
+    def valid(self) -> int:
+        return self.addresses[0].valid if self.addresses else 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCESS and self.ia_status == SUCCESS
+
+    @property
+    def refusal(self) -> int:
+        """The status that refuses us something (the message's first, then the IA's)."""
+        return self.status or self.ia_status
 
 
 def classify(frame: bytes, mac: str) -> tuple[str, RouterAdvert | bytes | None]:
@@ -160,6 +245,11 @@ def _status(value: bytes) -> int:
     return int(struct.unpack("!H", value[:2])[0])
 
 
+def _one(options: list[tuple[int, bytes]], code: int) -> bytes | None:
+    values = [v for c, v in options if c == code]
+    return values[0] if values else None
+
+
 def parse_reply(payload: bytes, xid: int, duid: bytes, iaid: int) -> Reply6:
     """Validate a DHCPv6 Advertise/Reply to transaction ``xid`` for our DUID and IA."""
     if len(payload) < 4:
@@ -175,36 +265,62 @@ def parse_reply(payload: bytes, xid: int, duid: bytes, iaid: int) -> Reply6:
     codes = [code for code, _ in options]
     if codes.count(OPT_CLIENTID) != 1 or codes.count(OPT_SERVERID) != 1:
         raise Malformed("bad_ids")
-    found = dict(options)
-    if found[OPT_CLIENTID] != duid:
+    if _one(options, OPT_CLIENTID) != duid:
         raise Malformed("wrong_client")
-    server = found[OPT_SERVERID]
+    server = _one(options, OPT_SERVERID) or b""
     if not 2 < len(server) <= 130:
         raise Malformed("bad_server_id")
-    status = _status(found[OPT_STATUS]) if OPT_STATUS in found else 0
-    address, preferred, valid, t1, t2 = "", 0, 0, 0, 0
+    status_value = _one(options, OPT_STATUS)
+    status = _status(status_value) if status_value is not None else SUCCESS
+    preference = 0
+    pref_value = _one(options, OPT_PREFERENCE)
+    if pref_value is not None:
+        if len(pref_value) != 1:
+            raise Malformed("bad_preference")
+        preference = pref_value[0]
+    sol_max_rt = 0
+    rt_value = _one(options, OPT_SOL_MAX_RT)
+    if rt_value is not None:
+        if len(rt_value) != 4:
+            raise Malformed("bad_sol_max_rt")
+        (rt,) = struct.unpack("!I", rt_value)
+        if SOL_MAX_RT_RANGE[0] <= rt <= SOL_MAX_RT_RANGE[1]:
+            sol_max_rt = int(rt)
+    ia_found, ia_status, t1, t2 = False, SUCCESS, 0, 0
+    addresses: list[IaAddress] = []
+    withdrawn: list[str] = []
     for code, value in options:
         if code != OPT_IA_NA:
             continue
         if len(value) < 12:
             raise Malformed("bad_ia_na")
-        ia, t1, t2 = struct.unpack("!III", value[:12])
-        if ia != iaid:
+        ia, ia_t1, ia_t2 = struct.unpack("!III", value[:12])
+        # The IAID first: another IA's timers (or a second copy of ours) are not ours.
+        if ia != iaid or ia_found:
             continue
-        for sub, subvalue in _walk(value[12:]):
+        sub_options = _walk(value[12:])
+        if ia_t1 and ia_t2 and ia_t1 > ia_t2:
+            continue  # RFC 8415 21.4: the client MUST discard such an IA_NA
+        ia_found, t1, t2 = True, int(ia_t1), int(ia_t2)
+        for sub, subvalue in sub_options:
             if sub == OPT_STATUS:
-                status = status or _status(subvalue)
-            elif sub == OPT_IAADDR and not address:
+                ia_status = ia_status or _status(subvalue)
+            elif sub == OPT_IAADDR:
                 if len(subvalue) < 24:
                     raise Malformed("bad_iaaddr")
                 candidate = ipaddress.IPv6Address(subvalue[:16])
                 preferred, valid = struct.unpack("!II", subvalue[16:24])
-                if any(sub2 == OPT_STATUS and _status(v) != 0 for sub2, v in _walk(subvalue[24:])):
-                    continue
                 if candidate.is_multicast or candidate.is_unspecified or \
-                        candidate.is_link_local or candidate.is_loopback or preferred > valid:
+                        candidate.is_link_local or candidate.is_loopback:
                     raise Malformed("bad_iaaddr")
-                address = str(candidate)
-    if status != 0:
-        address = ""
-    return Reply6(msg_type, server, address, preferred, valid, t1, t2, status)
+                if any(s == OPT_STATUS and _status(v) != SUCCESS
+                       for s, v in _walk(subvalue[24:])):
+                    continue
+                if preferred > valid:
+                    continue  # RFC 8415 21.6: MUST discard the IA Address option
+                if valid == 0:
+                    withdrawn.append(str(candidate))
+                elif str(candidate) not in {a.address for a in addresses}:
+                    addresses.append(IaAddress(str(candidate), int(preferred), int(valid)))
+    return Reply6(msg_type, server, status, ia_found, ia_status, t1, t2, tuple(addresses),
+                  tuple(withdrawn), preference, sol_max_rt)

@@ -213,6 +213,127 @@ class Radvd:
         stop(self.proc)
 
 
+class Kea6Server:
+    """kea-dhcp6 with a chosen server DUID, pool and host reservations; restartable, with or
+    without its lease file (the NoBinding case). The server DUID is DUID-LL of ``server_mac``:
+    ``duid_hex`` is what the client stores as the lease's server."""
+
+    def __init__(self, bed: Lan, ns: Netns, name: str, *, server_mac: str = "020000000009",
+                 valid: int = 30, preferred: int = 20, renew: int = 8, rebind: int = 14,
+                 pool: str = f"{LAN_V6}200-{LAN_V6}2ff",
+                 reservations: Sequence[tuple[str, str]] = ()) -> None:
+        self.bed, self.ns, self.name = bed, ns, name
+        self.leases = bed.tmp / f"{name}.leases6.csv"
+        self.log = bed.tmp / f"{name}.log"
+        self.conf = bed.tmp / f"{name}.json"
+        self.duid_hex = "00030001" + server_mac
+        self.settings: dict[str, Any] = {
+            "server_mac": server_mac, "valid": valid, "preferred": preferred, "renew": renew,
+            "rebind": rebind, "pool": pool, "reservations": list(reservations)}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self, **changes: Any) -> None:
+        """(Re)start with the settings, ``changes`` applied (e.g. ``reservations=...``)."""
+        self.settings.update(changes)
+        c = self.settings
+        subnet: dict[str, Any] = {
+            "id": 1, "subnet": f"{LAN_V6}/64", "interface": "eth0",
+            "pools": [{"pool": c["pool"]}],
+            "reservations": [{"duid": duid, "ip-addresses": [address]}
+                             for duid, address in c["reservations"]]}
+        dhcp6: dict[str, Any] = {
+            "interfaces-config": {"interfaces": ["eth0"]},
+            "lease-database": {"type": "memfile", "persist": True, "name": str(self.leases),
+                               "lfc-interval": 0},
+            "preferred-lifetime": c["preferred"], "valid-lifetime": c["valid"],
+            "renew-timer": c["renew"], "rebind-timer": c["rebind"],
+            "server-id": {"type": "LL", "htype": 1, "identifier": c["server_mac"],
+                          "persist": False},
+            "subnet6": [subnet],
+            "loggers": [{"name": "kea-dhcp6", "severity": "DEBUG", "debuglevel": 40,
+                         "output_options": [{"output": "stdout"}]}],
+        }
+        self.conf.write_text(json.dumps({"Dhcp6": dhcp6}))
+        env = {"KEA_PIDFILE_DIR": str(self.bed.tmp), "KEA_LOCKFILE_DIR": str(self.bed.tmp)}
+        self.proc = self.bed.start(self.ns, ["kea-dhcp6", "-c", str(self.conf)], self.log,
+                                   env)
+        wait_until(lambda: "DHCP6_STARTED" in self.lines(), 10, what=f"{self.name} started")
+
+    def lines(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, forget_leases: bool = False) -> None:
+        """Stop; with ``forget_leases`` its lease file goes too (a server that lost its
+        database)."""
+        if self.proc is not None:
+            stop(self.proc)
+        if forget_leases:
+            for path in self.bed.tmp.glob(f"{self.name}.leases6.csv*"):
+                path.unlink()
+
+
+class RadvdPrefixes:
+    """radvd announcing several prefixes with chosen lifetimes; ``announce`` rewrites the
+    config and reloads it (SIGHUP), as an operator renumbering the LAN would."""
+
+    def __init__(self, bed: Lan, ns: Netns, name: str,
+                 prefixes: Sequence[tuple[str, int, int]], managed: bool = False) -> None:
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1")
+        self.conf = bed.tmp / f"{name}.conf"
+        self.managed = managed
+        self.write(prefixes)
+        self.log = bed.tmp / f"{name}.log"
+        self.proc = bed.start(ns, ["radvd", "--nodaemon", "-C", str(self.conf), "-p",
+                                   str(bed.tmp / f"{name}.pid"), "-m", "stderr", "-d", "1"],
+                              self.log)
+
+    def write(self, prefixes: Sequence[tuple[str, int, int]]) -> None:
+        """``prefixes``: (prefix, preferred lifetime, valid lifetime)."""
+        body = "".join(
+            f" prefix {prefix} {{\n  AdvOnLink on;\n  AdvAutonomous on;\n"
+            f"  AdvPreferredLifetime {preferred};\n  AdvValidLifetime {valid};\n }};\n"
+            for prefix, preferred, valid in prefixes)
+        flag = "on" if self.managed else "off"
+        self.conf.write_text(
+            "interface eth0 {\n AdvSendAdvert on;\n MinRtrAdvInterval 3;\n"
+            f" MaxRtrAdvInterval 4;\n AdvManagedFlag {flag};\n{body}}};\n")
+
+    def announce(self, prefixes: Sequence[tuple[str, int, int]]) -> None:
+        self.write(prefixes)
+        self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+class Capture:
+    """tcpdump on the LAN bridge (inside the test's LAN namespace), one text line a frame."""
+
+    def __init__(self, bed: Lan, name: str, expression: str) -> None:
+        self.out = bed.tmp / f"{name}.pcap.txt"
+        self.proc = bed.start(bed.lan, ["tcpdump", "-i", "br0", "-l", "-n", "-e", "-tt",
+                                        "-vv", expression], self.out)
+        wait_until(lambda: "listening on" in self.text(), 10, what="tcpdump listening")
+
+    def text(self) -> str:
+        return self.out.read_text(errors="replace") if self.out.exists() else ""
+
+    def frames(self) -> list[tuple[float, str]]:
+        """(time, line) of each frame's first line."""
+        out = []
+        for line in self.text().splitlines():
+            head = line.split(" ", 1)
+            try:
+                out.append((float(head[0]), line))
+            except ValueError:
+                pass  # a continuation line of -vv, or tcpdump's own messages
+        return out
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
 # --- the worker ----------------------------------------------------------------
 
 
