@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bus.codec import MAX_MESSAGE_BYTES, DecodeError, _field_message, decode, encode
 from bus.events import (
@@ -564,3 +566,38 @@ def test_optional_union_and_tuple_paths() -> None:
         with pytest.raises(ValueError) as err:
             convert(good | bad)
         assert str(err.value) == message
+
+
+# Whatever arrives, decode raises DecodeError or returns an event: nothing else escapes.
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(topic=st.sampled_from([*CATALOGUE, "Nope/"]).map(str.encode), body=st.binary(max_size=300))
+def test_arbitrary_bytes_are_decode_errors(topic: bytes, body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode([topic, body])
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.data())
+def test_a_mutated_field_is_a_decode_error_or_a_valid_event(data: st.DataObject) -> None:
+    cls = data.draw(st.sampled_from(list(CATALOGUE.values())))
+    key = data.draw(st.sampled_from(cls.__struct_fields__) | st.text(max_size=12))
+    value = data.draw(_JSON_VALUES)
+    frames = encode(sample_of(cls), "t", 1, ts=1.0)
+    body = body_of(frames)
+    body["data"][key] = value
+    try:
+        event = decode([frames[0], json.dumps(body).encode()]).event
+    except DecodeError as exc:
+        assert exc.reason in ("field", "json")
+        assert exc.reason == "json" or str(exc).startswith(cls.__name__)
+    else:
+        assert type(event) is cls
+        assert json.loads(msgspec.json.encode(getattr(event, key))) == value
