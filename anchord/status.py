@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msgspec.structs import asdict as struct_asdict
+
 from anchord import health
 from bus.client import BusClient
 from bus.events import (
@@ -103,18 +105,18 @@ def _absorb(report: Report, event: object) -> None:
     if isinstance(event, WorkerStatus) and event.worker != "status":
         report.workers[event.worker] = {
             "pid": event.pid, "started": event.started, "summary": event.summary,
-            "conditions": [asdict(c) for c in event.conditions],
+            "conditions": [struct_asdict(c) for c in event.conditions],
             "decode_errors": event.decode_errors}
     elif isinstance(event, LeaseChanged):
-        lease = asdict(event.lease)
+        lease = struct_asdict(event.lease)
         lease["remaining"] = max(0.0, event.lease.expiry - time.time()) if event.lease.expiry \
             else None
         report.leases[f"ipv{event.lease.family}"] = lease
     elif isinstance(event, LinkChanged):
-        report.link = asdict(event)
+        report.link = struct_asdict(event)
     elif isinstance(event, BackendsDesired):
         report.ports = [e._asdict() for e in event.entries]
-        report.rejections = [asdict(r) for r in event.rejections]
+        report.rejections = [struct_asdict(r) for r in event.rejections]
     elif isinstance(event, NatApplied):
         report.nat = {"generation": event.generation, "ok": event.ok, "error": event.error,
                       "duration": event.duration}

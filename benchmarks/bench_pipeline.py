@@ -1,6 +1,7 @@
 """Benchmark of the Python stages of event-to-map latency, in one process (prints figures).
 
     python3 -m benchmarks.bench_pipeline [--sizes 10,1000,10000] [--rounds 40] [--profile N]
+                                         [--rss-entries 10000]
 
 No Docker and no kernel: the discovery stage runs ``Discovery._rebuild`` on synthetic
 inspect documents (filler containers holding many single-port labels, one backend whose
@@ -8,6 +9,13 @@ transit address alternates as it would on a restart), then the snapshot goes thr
 ``bus.codec`` encode and decode, then ``NatTables.apply`` with an Nft that only records
 the commands (bench_nat measures the transaction itself). Per stage p50/p99 per size;
 ``--profile N`` prints a cProfile of the whole pipeline at N elements.
+
+Then the memory a worker pays for one big table: a fresh process (this module with a
+hidden role) imports what the nat-writer worker imports, decodes a ``--rss-entries``
+``BackendsDesired`` (encoded here) and keeps it, as a worker keeps its last table;
+it reports VmRSS before and after the decode and VmHWM (the peak, which the decode's
+transient objects raise). Two shapes: the pipeline's (ten containers of 1 000 ports)
+and the worst one (one container, so one group, per entry).
 """
 
 from __future__ import annotations
@@ -17,15 +25,19 @@ import cProfile
 import os
 import pstats
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from anchord.config import NetworkAnchorConfig
 from anchord.docker_inspect import NetworkFacts
 from anchord.nft import NatTables
 from bus import codec
-from bus.events import BackendsDesired
+from bus.events import Backend, BackendsDesired
 from workers.discovery import Discovery
 
 PROJECT = "bench"
@@ -135,13 +147,71 @@ def run_size(size: int, rounds: int) -> dict[str, list[float]]:
     return stages
 
 
+def proc_status_kib(field: str) -> int:
+    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def worst_table(size: int) -> BackendsDesired:
+    """``size`` entries, each of its own container: one group per entry (the worst shape)."""
+    return BackendsDesired.of(
+        generation=1, cause="event", event_time=1700000000.125,
+        entries=(Backend(4 if i % 2 else 6, "udp" if i % 3 else "tcp", 10_000 + i,
+                         10_000 + i + i % 3, f"10.{i >> 8 & 255}.{i & 255}.1",
+                         f"bench-svc{i}-1", f"svc{i}") for i in range(size)),
+        transit_network="bench_transit", transit_v4="172.20.0.2", transit_v6="fd00::2")
+
+
+def worker_rss_child(path: Path) -> None:
+    """The hidden role: import as the nat-writer does, decode one table, print the figures."""
+    import workers.natwriter  # noqa: F401 - the worker's own import cost, before any message
+
+    topic, _, body = path.read_bytes().partition(b"\n")
+    before = proc_status_kib("VmRSS")
+    event = codec.decode([topic, body]).event
+    assert isinstance(event, BackendsDesired)
+    after = proc_status_kib("VmRSS")
+    print(before, after, proc_status_kib("VmHWM"), event.size)
+
+
+def worker_rss(size: int) -> list[str]:
+    """One line per table shape: the RSS of a fresh worker process around one decode."""
+    d = discovery(size)
+    d._rebuild("poll")
+    assert d.desired is not None
+    lines = []
+    for shape, event in (("10 containers", d.desired), ("1 per entry", worst_table(size))):
+        topic, body = codec.encode(event, "discovery", 1)
+        with tempfile.NamedTemporaryFile(prefix="bench-rss-") as f:
+            f.write(topic + b"\n" + body)
+            f.flush()
+            out = subprocess.run([sys.executable, "-m", "benchmarks.bench_pipeline",
+                                  "--rss-child", f.name], check=True, capture_output=True,
+                                 text=True).stdout.split()
+        before, after, peak, n = map(int, out)
+        assert n == size, n
+        lines.append(f"worker RSS, {size} entries ({shape}, {len(body) / 1024:,.0f} KiB): "
+                     f"{before / 1024:.1f} MiB before decode, {after / 1024:.1f} MiB after "
+                     f"(+{(after - before) / 1024:.1f}), peak {peak / 1024:.1f} MiB")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,1000,10000")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--profile", type=int, default=0, help="cProfile at this size")
     parser.add_argument("--wall", action="store_true", help="wall time instead of CPU time")
+    parser.add_argument("--rss-entries", type=int, default=10_000,
+                        help="table size for the worker RSS figures (0: none)")
+    parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child:
+        worker_rss_child(args.rss_child)
+        return
     global CLOCK
     if args.wall:
         CLOCK = time.perf_counter
@@ -162,6 +232,8 @@ def main() -> None:
             f"{pct(r[stage], .5):>12.2f} / {pct(r[stage], .99):>7.2f}" for r in results.values()))
     print(f"(rounds per size: {args.rounds}; median total at the largest size "
           f"{statistics.median(results[max(results)]['total']) * 1000:.1f} ms)")
+    if args.rss_entries:
+        print("\n".join(worker_rss(args.rss_entries)))
 
 
 if __name__ == "__main__":

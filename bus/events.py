@@ -1,11 +1,14 @@
 """The event catalogue: every message that travels on the anchord bus.
 
-This module owns the one list of event types. Each is a frozen dataclass with a
-``TOPIC`` (the type name followed by ``/`` so that prefix subscriptions never
-collide) and a ``VERSION`` (bumped when a field changes meaning or type). The
-codec (``bus.codec``) validates every field against the annotations here, so the
-annotations are the schema: keep them to ``str``, ``int``, ``float``, ``bool``,
-``X | None``, ``tuple[X, ...]`` and nested frozen dataclasses.
+This module owns the one list of event types. Each is a frozen ``msgspec.Struct``
+with a ``TOPIC`` (the type name followed by ``/`` so that prefix subscriptions
+never collide) and a ``VERSION`` (bumped when a field changes meaning or type).
+The codec (``bus.codec``) has msgspec decode and validate every field against the
+annotations here, in C, so the annotations are the schema: keep them to ``str``,
+``int``, ``float``, ``bool``, ``X | None``, ``tuple[X, ...]``, nested structs of
+``_Strict`` and ``NamedTuple`` records (JSON arrays in field order, trailing fields
+with defaults optional). Structs reject unknown fields; they are immutable,
+hashable and compare by type and fields.
 
 State on the bus is level-triggered: an owner always publishes its whole current
 state, never a delta, so any subscriber that (re)starts converges from the next
@@ -17,12 +20,16 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
+import msgspec
 
-@dataclass(frozen=True)
-class Event:
+
+class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Base of every struct on the wire: immutable, and a field it does not know is an error."""
+
+
+class Event(_Strict, frozen=True):
     """Base of every bus event."""
 
     TOPIC: ClassVar[str] = ""
@@ -32,8 +39,7 @@ class Event:
 # --- lifecycle ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Hello(Event):
+class Hello(Event, frozen=True):
     """A worker (re)started: every owner of state republishes it."""
 
     TOPIC: ClassVar[str] = "Hello/"
@@ -41,8 +47,7 @@ class Hello(Event):
     pid: int
 
 
-@dataclass(frozen=True)
-class Condition:
+class Condition(_Strict, frozen=True):
     """One readiness condition a worker owns (``key: detail`` on /readyz)."""
 
     key: str
@@ -50,8 +55,7 @@ class Condition:
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class WorkerStatus(Event):
+class WorkerStatus(Event, frozen=True):
     """Heartbeat of a worker: liveness, its readiness conditions, bus counters."""
 
     TOPIC: ClassVar[str] = "WorkerStatus/"
@@ -95,7 +99,7 @@ class BackendGroup(NamedTuple):
 
     The wire form of the desired table: a big project exposes thousands of ports
     from a few containers, so the address and names are written once per group and
-    the ports as a plain list of integers, which the codec writes and checks in C.
+    the ports as a plain list of integers.
     A group is also the unit a consumer can compare to find what changed.
     """
 
@@ -129,8 +133,7 @@ def group_entries(entries: Iterable[Backend]) -> tuple[BackendGroup, ...]:
                  for key, (singles, spans) in ports.items())
 
 
-@dataclass(frozen=True)
-class Rejection:
+class Rejection(_Strict, frozen=True):
     """A label (or part of one) discovery refused, and why."""
 
     container: str
@@ -138,8 +141,8 @@ class Rejection:
     kind: str = "label"  # "label", "conflict" or "no-transit"
 
 
-@dataclass(frozen=True)
-class BackendsDesired(Event):
+# dict=True gives instances a __dict__, where the cached ``entries`` lives (never on the wire).
+class BackendsDesired(Event, frozen=True, dict=True):
     """The whole desired backend table of the project, as discovery sees it.
 
     Version 2: the entries travel as ``groups`` (one per container, family, proto and
@@ -174,8 +177,7 @@ class BackendsDesired(Event):
         return tuple(sorted(itertools.chain.from_iterable(g.backends() for g in self.groups)))
 
 
-@dataclass(frozen=True)
-class NetworkAttachment:
+class NetworkAttachment(_Strict, frozen=True):
     """One Compose network the anchord container is attached to."""
 
     network: str  # full Docker network name (e.g. "proj_lan")
@@ -188,8 +190,7 @@ class NetworkAttachment:
     gateway: str = ""
 
 
-@dataclass(frozen=True)
-class NetworkMap(Event):
+class NetworkMap(Event, frozen=True):
     """Which interface of the anchord container is on which Compose network.
 
     Only discovery can ask Docker; the dhcp worker uses it to resolve an
@@ -200,8 +201,7 @@ class NetworkMap(Event):
     networks: tuple[NetworkAttachment, ...] = ()
 
 
-@dataclass(frozen=True)
-class DockerEventsSeen(Event):
+class DockerEventsSeen(Event, frozen=True):
     """Running counters of Docker events discovery handled, by source (event/poll)."""
 
     TOPIC: ClassVar[str] = "DockerEventsSeen/"
@@ -214,15 +214,13 @@ class DockerEventsSeen(Event):
 # --- nat-writer --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EntryCount:
+class EntryCount(_Strict, frozen=True):
     family: int
     proto: str
     count: int
 
 
-@dataclass(frozen=True)
-class StaleBackend:
+class StaleBackend(_Strict, frozen=True):
     """A backend that vanished or moved: its conntrack entries must go."""
 
     family: int
@@ -232,8 +230,7 @@ class StaleBackend:
     address: str
 
 
-@dataclass(frozen=True)
-class NatApplied(Event):
+class NatApplied(Event, frozen=True):
     """The nat-writer applied (or failed to apply) one desired generation."""
 
     TOPIC: ClassVar[str] = "NatApplied/"
@@ -253,8 +250,7 @@ class NatApplied(Event):
 # --- dhcp --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LinkChanged(Event):
+class LinkChanged(Event, frozen=True):
     TOPIC: ClassVar[str] = "LinkChanged/"
     interface: str
     mac: str
@@ -262,8 +258,7 @@ class LinkChanged(Event):
     parent: str = ""
 
 
-@dataclass(frozen=True)
-class Lease:
+class Lease(_Strict, frozen=True):
     family: int
     address: str  # address/prefixlen
     gateway: str = ""
@@ -276,8 +271,7 @@ class Lease:
     hostname: str = ""
 
 
-@dataclass(frozen=True)
-class LeaseChanged(Event):
+class LeaseChanged(Event, frozen=True):
     """The current lease of one family (full snapshot; ``previous`` set on a change)."""
 
     TOPIC: ClassVar[str] = "LeaseChanged/"
@@ -285,22 +279,19 @@ class LeaseChanged(Event):
     previous: str = ""  # previous address/prefixlen if the address changed
 
 
-@dataclass(frozen=True)
-class LeaseLost(Event):
+class LeaseLost(Event, frozen=True):
     TOPIC: ClassVar[str] = "LeaseLost/"
     family: int
     address: str
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class Count:
+class Count(_Strict, frozen=True):
     key: str
     value: int
 
 
-@dataclass(frozen=True)
-class DhcpCounters(Event):
+class DhcpCounters(Event, frozen=True):
     """Running totals of one family's DHCP client (reset when the dhcp worker restarts)."""
 
     TOPIC: ClassVar[str] = "DhcpCounters/"
@@ -312,8 +303,7 @@ class DhcpCounters(Event):
 # --- conntrack-flusher -------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ConntrackFlushed(Event):
+class ConntrackFlushed(Event, frozen=True):
     TOPIC: ClassVar[str] = "ConntrackFlushed/"
     family: int
     removed: int

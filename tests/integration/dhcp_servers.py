@@ -11,7 +11,6 @@ test reads exactly what the worker told the bus.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -24,6 +23,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from tests.netns import Netns, Topology, sh, topology, wait_until
 
@@ -442,7 +443,7 @@ class FileBus:
 
     def publish(self, event: Any) -> None:
         self.fh.write(json.dumps({"topic": event.TOPIC, "t": time.time(),
-                                  "data": dataclasses.asdict(event)}) + "\n")
+                                  "data": msgspec.to_builtins(event)}) + "\n")
 
     def set_state(self, provider: Callable[[], Sequence[Any]]) -> None:
         self.state = provider
