@@ -25,7 +25,9 @@ Rules (SPEC "Labels"):
   so a health flap never moves a port between containers. Where the container's IPv4
   default route leads to anchord from its first instant (``route_v4``: the transit
   network's gateway is anchord's), its IPv4 entries do not wait for the healthcheck
-  (Docker runs the first one a whole interval after the start); IPv6 entries do.
+  (Docker runs the first one a whole interval after the start); nor do the entries of a
+  family whose default route its service-anchor reported leading to anchord
+  (``routes_ready``, see ``anchord.routesignal``).
 """
 
 from __future__ import annotations
@@ -248,10 +250,24 @@ class ContainerView:
     # Its IPv4 replies route through anchord from the start (Docker's default route leads to
     # the transit gateway, which anchord holds): IPv4 exposure need not wait for health.
     route_v4: bool = False
+    # Families whose default route its service-anchor reported leading to anchord
+    # (anchord.routesignal): exposure of that family need not wait for health either.
+    routes_ready: frozenset[int] = frozenset()
     health: str = ""  # Docker's health status, for the reason text ("" = no healthcheck)
     transit_v4: str = ""  # address on the transit network ("" = none)
     transit_v6: str = ""
     network_owner: str = ""  # name of the container whose namespace it joined, if any
+
+    def routed(self, family: int) -> bool:
+        """Whether its replies of ``family`` come back through anchord, so that the family's
+        entries may be exposed: healthy (the service-anchor's healthcheck says its routes are
+        in place), or known by other means (``route_v4``, ``routes_ready``)."""
+        address = self.transit_v4 if family == 4 else self.transit_v6
+        if self.healthy:
+            return True
+        if not address:
+            return False
+        return family in self.routes_ready or (family == 4 and self.route_v4)
 
     def label(self, key: str) -> str | None:
         for k, v in self.labels:
@@ -323,10 +339,10 @@ def build_table(containers: Iterable[ContainerView], transit_network: str) -> Ta
             # The usual case: the whole label is kept, and its groups are the same
             # objects as in the last table as long as the container's address is.
             kept.add(parsed, c.name)
-            if c.healthy:
-                groups.extend(_groups(raw, v6, c.name, c.service, c.transit_v4, c.transit_v6))
-            elif c.route_v4 and c.transit_v4:
-                groups.extend(_groups(raw, False, c.name, c.service, c.transit_v4, ""))
+            ok4, ok6 = c.routed(4), c.routed(6)
+            if ok4 or ok6:
+                groups.extend(_groups(raw, v6 and ok6, c.name, c.service,
+                                      c.transit_v4 if ok4 else "", c.transit_v6 if ok6 else ""))
             continue
         won: list[PortRange] = []
         for pr in parsed.ranges:
@@ -341,10 +357,11 @@ def build_table(containers: Iterable[ContainerView], transit_network: str) -> Ta
                 continue
             kept.add(_Parsed.of((pr,)), c.name)
             won.append(pr)
-        if c.healthy or (c.route_v4 and c.transit_v4):
+        ok4, ok6 = c.routed(4), c.routed(6)
+        if ok4 or ok6:
             groups.extend(group_entries(_backends(
-                won, v6 and c.healthy, c.name, c.service, c.transit_v4,
-                c.transit_v6 if c.healthy else "")))
+                won, v6 and ok6, c.name, c.service, c.transit_v4 if ok4 else "",
+                c.transit_v6 if ok6 else "")))
     # Groups sort by (family, proto, address, container): the same order every time.
     return Table(tuple(sorted(groups)), tuple(sorted(
         rejections, key=lambda r: (r.container, r.kind, r.reason))))

@@ -153,7 +153,7 @@ class BackendsDesired(Event, frozen=True, dict=True):
     TOPIC: ClassVar[str] = "BackendsDesired/"
     VERSION: ClassVar[int] = 2
     generation: int
-    cause: str  # "event", "poll" or "heartbeat"
+    cause: str  # "event", "poll", "heartbeat" or "route" (a service-anchor's route report)
     event_time: float  # Docker event time (unix seconds) that caused it, 0 if none
     groups: tuple[BackendGroup, ...] = ()
     rejections: tuple[Rejection, ...] = ()

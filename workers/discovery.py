@@ -29,7 +29,9 @@ import select
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
+from anchord import routesignal
 from anchord.backoff import Backoff
 from anchord.config import NetworkAnchorConfig
 from anchord.docker_api import DockerApi
@@ -77,6 +79,9 @@ SUBSCRIBE: tuple[type[Event], ...] = ()  # discovery only publishes
 
 # First list if the event stream never subscribes (a proxy that forbids /events).
 _FIRST_LIST_FALLBACK = 2.0
+# A route report (anchord.routesignal) of a container discovery does not know yet waits this
+# long for it; the service-anchor repeats it at every resolution anyway.
+_REPORT_TTL = 10.0
 _RETRY_MIN = 0.5
 _RETRY_MAX = 10.0
 
@@ -125,6 +130,10 @@ class Discovery:
         self._next_list = 0.0
         self._retry = Backoff(initial=_RETRY_MIN, cap=_RETRY_MAX)  # of failed re-lists
         self._started = False
+        # container id -> (its StartedAt, families whose default route its service-anchor
+        # reported leading to anchord): a restart makes the report stale by itself.
+        self._routes_ready: dict[str, tuple[str, frozenset[int]]] = {}
+        self._reports: dict[str, float] = {}  # route reports not matched yet: address -> when
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -163,6 +172,46 @@ class Discovery:
             self._handle(reports)
         if self._clock() >= self._next_list:
             self._relist()
+
+    def route_ready(self, address: str) -> None:
+        """A service-anchor at ``address`` (a transit address) reported its default route of
+        that family leading to anchord (``anchord.routesignal``): expose that family of its
+        container without waiting for Docker's healthcheck. The report may come before
+        discovery knows the container (it is sent within a few milliseconds of the start): it
+        waits for it, at most ``_REPORT_TTL`` seconds."""
+        self._reports[address] = self._clock()
+        if self._apply_reports(self._transit[0]):
+            self._rebuild("route")
+
+    def _apply_reports(self, transit: str) -> bool:
+        """Match waiting route reports to containers; True if a container gained a family."""
+        now = self._clock()
+        changed = False
+        for address, at in list(self._reports.items()):
+            if now - at > _REPORT_TTL:
+                del self._reports[address]
+                continue
+            family = 6 if ":" in address else 4
+            key = "GlobalIPv6Address" if family == 6 else "IPAddress"
+            for cid, info in self.cache.items():
+                net = networks_of(info).get(transit) if transit else None
+                if cid == self.self_id or not net or str(net.get(key) or "") != address:
+                    continue
+                del self._reports[address]
+                started = str((info.get("State") or {}).get("StartedAt") or "")
+                families = self._routes_of(cid, info)
+                if family not in families:
+                    self._routes_ready[cid] = (started, families | {family})
+                    changed = True
+                    log.debug("default route via anchord reported", extra={"fields": {
+                        "container": name_of(info), "family": family}})
+                break
+        return changed
+
+    def _routes_of(self, cid: str, info: Inspect) -> frozenset[int]:
+        started = str((info.get("State") or {}).get("StartedAt") or "")
+        was_started, families = self._routes_ready.get(cid, ("", frozenset()))
+        return families if was_started == started else frozenset()
 
     # --- snapshots ---------------------------------------------------------------------------
 
@@ -414,8 +463,13 @@ class Discovery:
                 log.warning("no transit network", extra={"fields": {"why": reason}})
         names = {cid: name_of(i) for cid, i in self.cache.items()}
         subnets = transit_subnets(self_info, transit) if self_info is not None else ()
-        views = [container_view(info, transit, names, subnets, route_v4)
+        self._apply_reports(transit)
+        views = [replace(container_view(info, transit, names, subnets, route_v4),
+                         routes_ready=self._routes_of(cid, info))
                  for cid, info in self.cache.items() if cid != self.self_id]
+        # Reports of containers that are gone go with them.
+        for cid in set(self._routes_ready) - set(self.cache):
+            del self._routes_ready[cid]
         self._warn_outside(transit, subnets)
         table = build_table(views, transit)
         changed = netmap != self.network_map
@@ -458,16 +512,23 @@ def run(config: NetworkAnchorConfig, bus: BusClient, life: Lifecycle) -> int:
     bus.set_conditions(d.conditions)
     bus.set_summary(d.summary)
     bus.watch(d.fileno())
+    receiver = routesignal.Receiver()
+    bus.watch(receiver.fileno())
     d.start()
     try:
         while not life.stop_requested:
             bus.poll(min(0.5, d.timeout()))
             d.step()
+            if receiver.fileno() in bus.ready_fds:
+                for address in receiver.receive():
+                    d.route_ready(address)
             if not d.alive():
                 log.error("the docker event thread died")
                 return 1
     finally:
         bus.unwatch(d.fileno())
+        bus.unwatch(receiver.fileno())
+        receiver.close()
         d.stop()
     # Discovery owns no kernel state: a restart and a shutdown end the same way.
     return 0

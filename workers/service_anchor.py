@@ -38,7 +38,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from anchord import __version__
+from anchord import __version__, routesignal
 from anchord.backoff import Backoff
 from anchord.config import ServiceAnchorConfig
 from anchord.health import HEALTH_FILE, STALE_AFTER
@@ -295,9 +295,14 @@ class RouteKeeper:
     :meth:`unmet`, which the listener thread calls and which only reads."""
 
     def __init__(self, config: ServiceAnchorConfig, routes: RouteTable, metrics: Metrics,
-                 health: HealthFile, clock: Callable[[], float] = time.monotonic) -> None:
+                 health: HealthFile, clock: Callable[[], float] = time.monotonic,
+                 announce: Callable[[str], None] = lambda gateway: None) -> None:
         self._config = config
         self._routes = routes
+        # Called with the gateway after each resolution that leaves the route via it in
+        # place: tells anchord (anchord.routesignal) so that it exposes us without waiting
+        # for Docker's healthcheck.
+        self._announce = announce
         self._metrics = metrics
         self._health = health
         self._clock = clock
@@ -314,6 +319,8 @@ class RouteKeeper:
             delay = self._config.gateway_resolve_interval
             if not self._converge(st, res.addresses):
                 delay = st.backoff.next()
+            elif st.installed is not None:
+                self._announce(st.installed)
         else:
             delay = st.backoff.next()
         st.due = self._clock() + delay
@@ -423,7 +430,7 @@ def main(config: ServiceAnchorConfig) -> int:
     try:
         metrics = Metrics()
         health = HealthFile(config.run_dir / HEALTH_FILE)
-        keeper = RouteKeeper(config, routes, metrics, health)
+        keeper = RouteKeeper(config, routes, metrics, health, announce=routesignal.send)
         keeper.refresh()  # not ready yet, and say so before the first lookup
         if config.metrics_addr is not None:
             from anchord.httpserve import serve  # http.server only when asked for a listener

@@ -255,3 +255,27 @@ def test_ipv4_does_not_wait_for_health_where_the_route_leads_to_anchord() -> Non
     table = build_table([early, loser], "transit")
     assert {e.container for e in table.entries} == {"web"}
     assert [r.kind for r in table.rejections] == ["conflict"]
+
+
+def test_a_family_whose_route_was_reported_does_not_wait_for_health() -> None:
+    """The service-anchor's route report (anchord.routesignal) exposes that family at once,
+    the other still waits; a report of a family the container has no address of is void."""
+    import dataclasses
+
+    starting = view("web", "tcp/80", v6="fd00::2", healthy=False)
+    v6_only = dataclasses.replace(starting, routes_ready=frozenset({6}))
+    assert {(e.family, e.address) for e in build_table([v6_only], "transit").entries} == {
+        (6, "fd00::2")}
+    both = dataclasses.replace(starting, routes_ready=frozenset({4, 6}))
+    assert {e.family for e in build_table([both], "transit").entries} == {4, 6}
+    no_v6 = dataclasses.replace(view("web", "tcp/80", healthy=False),
+                                routes_ready=frozenset({6}))
+    assert build_table([no_v6], "transit").entries == ()
+    # A partial conflict winner too: only its won ranges, only the reported family.
+    first = view("first", "tcp/80", created="2026-01-01T00:00:00Z")
+    later = dataclasses.replace(
+        view("later", "tcp/80,tcp/81", v6="fd00::3", created="2026-02-01T00:00:00Z",
+             healthy=False), routes_ready=frozenset({6}))
+    entries = build_table([first, later], "transit").entries
+    assert {(e.container, e.family, e.first) for e in entries} == {
+        ("first", 4, 80), ("later", 6, 81)}
