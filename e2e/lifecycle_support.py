@@ -350,6 +350,21 @@ def started_at(project: ComposeProject, service: str) -> float:
     return docker_time(project.state(service)["StartedAt"])
 
 
+def mapped_at(stack: Stack, port: int, address: str, timeout: float = 15.0) -> float:
+    """Unix time at which anchord's IPv4 single-port TCP map first sent ``port`` to ``address``
+    (polled through ``docker exec``: ~0.1 s resolution)."""
+    def mapped() -> bool:
+        out = stack.exec("anchord", "nft", "-j", "list", "map", "ip", "anchord_v4", "dnat_tcp",
+                         check=False)
+        for item in json.loads(out or "{}").get("nftables", []):
+            if "map" in item:
+                return [port, address] in item["map"].get("elem", [])
+        return False
+
+    harness.wait_until(mapped, timeout, interval=0.05, message=f"tcp/{port} mapped to {address}")
+    return time.time()
+
+
 def docker_time(text: str) -> float:
     """Docker's RFC 3339 time with nanoseconds -> Unix time (microsecond precision)."""
     base, _, rest = text.rstrip("Z").partition(".")

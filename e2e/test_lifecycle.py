@@ -36,7 +36,8 @@ from e2e.stack_support import CLIENT_V4, CLIENT_V6, Stack, reply
 PROGRAMS = ("bus", "discovery", "dhcp", "nat-writer", "conntrack-flusher", "metrics")
 WORKERS = PROGRAMS[1:]
 ANCHORS = ("web-anchor", "mail-anchor")
-# S-3: new connections within 1 s of the service-anchor (and its app) running again.
+# S-3: new connections within 1 s of the service-anchor running again (with the image's own
+# healthcheck: exposure does not wait for it).
 RESTART_BUDGET = 1.0
 # S-9: ANCHORD_GATEWAY_RESOLVE_INTERVAL (the stack keeps the default, 5 s) + 1 s.
 ROUTE_BUDGET = 5.0 + 1.0
@@ -246,13 +247,17 @@ def web_running_since(stack: Stack) -> float:
 def restart_web(stack: Stack, v4: str, stop_start: Callable[[], None]) -> tuple[float, float]:
     """Take web-anchor down and up with ``stop_start`` while the client probes tcp/8080, then
     restart its app (Docker gives the anchor a new namespace; the app, which joined the old
-    one, must be restarted to join it). Seconds from web-anchor running, and from web-anchor
+    one, must be restarted to join it). Seconds from web-anchor running to tcp/8080 mapped to
+    its address (what anchord does, with the image's own healthcheck), and from web-anchor
     running and web answering again inside the namespace (probed on 127.0.0.1 there), to the
-    first connection from the LAN client that the app answered."""
+    first connection from the LAN client that the app answered (the app's restart is the
+    user's)."""
     prober = ls.Prober(stack, v4)
     try:
         stop_start()
         anchor = ls.started_at(stack.project, "web-anchor")
+        new4, _ = ls.transit_addresses(stack.project, "web-anchor")
+        mapped = ls.mapped_at(stack, 8080, new4) - anchor
         local = ls.LocalProbe(stack, "web-anchor")
         try:
             # The app (PID 1 without a SIGTERM handler) would take Docker's 10 s to stop.
@@ -273,7 +278,7 @@ def restart_web(stack: Stack, v4: str, stop_start: Callable[[], None]) -> tuple[
         changes = [c for i, c in enumerate(changes) if i == 0 or c[1] != changes[i - 1][1]]
         print(f"S-3 attempts (seconds after web answered locally, result) where the result "
               f"changed: {changes}")
-    return first - anchor, first - both
+    return mapped, first - both
 
 
 def test_s3_service_anchor_restart_new_connections_within_1s(
@@ -294,9 +299,10 @@ def test_s3_service_anchor_restart_new_connections_within_1s(
     from_anchor, from_both = restart_web(stack, v4, restart)
     same4, _ = ls.transit_addresses(stack.project, "web-anchor")
     print(
-        f"S-3 docker restart: transit {old4} -> {same4}; first answer {from_anchor:.3f}s after "
-        f"web-anchor was running, {from_both:.3f}s after web answered locally again"
+        f"S-3 docker restart: transit {old4} -> {same4}; mapped {from_anchor:.3f}s after "
+        f"web-anchor was running; first answer {from_both:.3f}s after web answered locally again"
     )
+    assert from_anchor <= RESTART_BUDGET, from_anchor
     assert from_both <= RESTART_BUDGET, from_both
 
     # 2. The same with the transit address moved: a placeholder takes the address freed by the
@@ -316,10 +322,12 @@ def test_s3_service_anchor_restart_new_connections_within_1s(
         from_anchor, from_both = restart_web(stack, v4, move)
         moved, _ = ls.transit_addresses(stack.project, "web-anchor")
         print(
-            f"S-3 moved: transit {same4} -> {moved}; first answer {from_anchor:.3f}s after "
-            f"web-anchor was running, {from_both:.3f}s after web answered locally again"
+            f"S-3 moved: transit {same4} -> {moved}; mapped {from_anchor:.3f}s after "
+            f"web-anchor was running; first answer {from_both:.3f}s after web answered locally "
+            "again"
         )
         assert moved != same4, moved
+        assert from_anchor <= RESTART_BUDGET, from_anchor
         assert from_both <= RESTART_BUDGET, from_both
         left = [s for s in ls.conntrack_reply_sources(stack) if s == same4]
         assert left == [], f"conntrack entries still answered by {same4}: {left}"
