@@ -122,8 +122,13 @@ def _reachable(docker_host: str, timeout: float, connect: bool = True) -> None:
             raise DockerUnavailable(f"{docker_host}: {exc}") from exc
 
 
-_resolving: dict[tuple[str, int], tuple[threading.Thread, list[Any]]] = {}
+# Lookups in flight per (host, port): (thread, result, monotonic start), newest last.
+_resolving: dict[tuple[str, int], list[tuple[threading.Thread, list[Any], float]]] = {}
 _resolving_lock = threading.Lock()
+# A lookup older than the probe's timeout is not shared: Docker's DNS may take 10 s to fail
+# on a stopped proxy's name, and a caller after the proxy's return must not inherit that
+# wait (it would delay the recovery by up to 10 s). Bounded: at most this many per name.
+_MAX_LOOKUPS = 12
 
 
 def _tcp_reachable(docker_host: str, timeout: float, connect: bool) -> None:
@@ -136,10 +141,13 @@ def _tcp_reachable(docker_host: str, timeout: float, connect: bool) -> None:
         return  # let docker-py report a malformed DOCKER_HOST
     key = (host, port)
     with _resolving_lock:
-        pending = _resolving.get(key)
-        if pending is None:
+        lookups = _resolving.setdefault(key, [])
+        fresh = lookups and time.monotonic() - lookups[-1][2] < timeout
+        if fresh or len(lookups) >= _MAX_LOOKUPS:
+            pending = lookups[-1]  # a recent lookup: share it
+        else:
             # getaddrinfo has no timeout: resolve in a thread and stop waiting after
-            # ``timeout``. One lookup per name at a time; concurrent callers share it.
+            # ``timeout``. Concurrent callers share a recent lookup.
             result: list[Any] = []
 
             def lookup() -> None:
@@ -149,13 +157,16 @@ def _tcp_reachable(docker_host: str, timeout: float, connect: bool) -> None:
                     result.append(exc)
                 finally:
                     with _resolving_lock:
-                        _resolving.pop(key, None)
+                        mine = _resolving.get(key, [])
+                        mine[:] = [p for p in mine if p[1] is not result]
+                        if not mine:
+                            _resolving.pop(key, None)
 
             pending = (threading.Thread(target=lookup, name=f"resolve-{host}", daemon=True),
-                       result)
-            _resolving[key] = pending
+                       result, time.monotonic())
+            lookups.append(pending)
             pending[0].start()
-    thread, result = pending
+    thread, result, _ = pending
     thread.join(timeout)
     if not result:
         raise DockerUnavailable(f"{docker_host}: {host} does not resolve within {timeout:g}s")
@@ -268,7 +279,7 @@ class EventPump:
     across threads.
     """
 
-    def __init__(self, docker_host: str, backoff_min: float = 0.5, backoff_max: float = 10.0):
+    def __init__(self, docker_host: str, backoff_min: float = 0.5, backoff_max: float = 0.5):
         self.docker_host = docker_host
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max

@@ -2,7 +2,8 @@
 
 Owns: a proxy whose name does not resolve, or resolves slowly, fails within PROBE_TIMEOUT
 (getaddrinfo itself has no timeout, and Docker's DNS takes 10 s for a stopped container's
-name), concurrent callers share one lookup, and a refused port fails at once.
+name), concurrent callers share one lookup but a later caller does not inherit a stale one
+(bounded), and a refused port fails at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from anchord import docker_state
 from anchord.docker_state import PROBE_TIMEOUT, DockerUnavailable, _reachable
 
 
@@ -28,12 +30,31 @@ def test_slow_resolution_fails_within_the_probe_timeout(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(socket, "getaddrinfo", slow)
     try:
-        for _ in range(2):
-            start = time.monotonic()
-            with pytest.raises(DockerUnavailable, match="does not resolve"):
+        # Two callers at once share one lookup.
+        errors: list[BaseException] = []
+
+        def probe() -> None:
+            try:
                 _reachable("tcp://docker-proxy:2375", 10.0)
-            assert time.monotonic() - start < PROBE_TIMEOUT + 0.5
-        assert calls == ["docker-proxy"]  # the second caller waited on the same lookup
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                errors.append(exc)
+
+        start = time.monotonic()
+        both = [threading.Thread(target=probe) for _ in range(2)]
+        for t in both:
+            t.start()
+        for t in both:
+            t.join()
+        assert time.monotonic() - start < PROBE_TIMEOUT + 0.5
+        assert [type(e) for e in errors] == [DockerUnavailable] * 2, errors
+        assert calls == ["docker-proxy"]
+        # A later caller does not inherit a lookup older than the probe's timeout (a proxy
+        # back meanwhile must be seen at once), and the lookups in flight stay bounded.
+        for _ in range(docker_state._MAX_LOOKUPS + 3):
+            with pytest.raises(DockerUnavailable, match="does not resolve"):
+                _reachable("tcp://docker-proxy:2375", 0.05)
+            time.sleep(0.06)
+        assert len(calls) == docker_state._MAX_LOOKUPS, len(calls)
     finally:
         release.set()
 
