@@ -49,7 +49,7 @@ PARENT_OUTAGE = 3.0
 # assertion is S-1's 10 s (the figure shows the real time).
 RESTART_TARGET = 5.0
 # The bounded soak of `make test`; the long one is `python -m benchmarks.soak`.
-SOAK_ROUNDS = int(os.environ.get("ANCHORD_SOAK_ROUNDS", "20"))
+SOAK_ROUNDS = int(os.environ.get("ANCHORD_SOAK_ROUNDS", "12"))
 
 
 @pytest.fixture
