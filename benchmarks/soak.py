@@ -176,6 +176,7 @@ def run(stack: FaultStack, backend_restarts: int, kills: int, sample_every: int 
             report.samples.append(sampler.sample())
         elif not warm and (i - WARMUP + 1) % sample_every == 0 and i - WARMUP + 1 < rounds:
             report.samples.append(sampler.sample())
+            report.seconds = time.monotonic() - began
             if progress:
                 print(f"round {i - WARMUP + 1}/{rounds}: {report.lines()[0]}", flush=True)
     settle(stack)
