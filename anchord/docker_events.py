@@ -48,7 +48,7 @@ class EventPump:
     across threads.
     """
 
-    def __init__(self, docker_host: str, backoff_min: float = 0.5, backoff_max: float = 10.0):
+    def __init__(self, docker_host: str, backoff_min: float = 0.5, backoff_max: float = 0.5):
         self.docker_host = docker_host
         self._backoff = Backoff(initial=backoff_min, cap=backoff_max)  # between subscriptions
         self._reach = Reachability()

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any
 
 # A tcp:// DOCKER_HOST is checked within this many seconds (see the module docstring).
 PROBE_TIMEOUT = 1.0
+MAX_LOOKUPS = 12  # name lookups in flight per name (see Reachability._resolve)
 
 
 class DockerUnavailable(Exception):
@@ -31,8 +33,9 @@ class Reachability:
     """Checks of one ``DOCKER_HOST``'s endpoint; lookups in flight are shared between calls."""
 
     def __init__(self) -> None:
-        # (host, port) -> the lookup thread and the list it appends its one result to
-        self._lookups: dict[tuple[str, int], tuple[threading.Thread, list[Any]]] = {}
+        # (host, port) -> lookups in flight, newest last: the thread, the list it appends its
+        # one result to, and its monotonic start
+        self._lookups: dict[tuple[str, int], list[tuple[threading.Thread, list[Any], float]]] = {}
         self._lock = threading.Lock()  # the lookup thread removes its own entry
 
     def check(self, docker_host: str, timeout: float, connect: bool = True) -> None:
@@ -80,11 +83,20 @@ class Reachability:
         raise DockerUnavailable(f"{docker_host}: {host}:{port}: {'; '.join(errors)}")
 
     def _resolve(self, host: str, port: int, timeout: float) -> Any:
-        """getaddrinfo's answers, the OSError it raised, or None if it takes over ``timeout``."""
+        """getaddrinfo's answers, the OSError it raised, or None if it takes over ``timeout``.
+
+        getaddrinfo has no timeout: it runs in a thread, and the caller stops waiting after
+        ``timeout``. Concurrent callers share a recent lookup; a lookup older than ``timeout``
+        is not shared: Docker's DNS may take 10 s to fail on a stopped proxy's name, and a
+        caller after the proxy's return must not inherit that wait. At most ``MAX_LOOKUPS``
+        per name are in flight (then the newest is shared)."""
         key = (host, port)
         with self._lock:
-            pending = self._lookups.get(key)
-            if pending is None:
+            lookups = self._lookups.setdefault(key, [])
+            now = time.monotonic()
+            if lookups and (now - lookups[-1][2] < timeout or len(lookups) >= MAX_LOOKUPS):
+                pending = lookups[-1]
+            else:
                 result: list[Any] = []
 
                 def lookup() -> None:
@@ -94,12 +106,15 @@ class Reachability:
                         result.append(exc)
                     finally:
                         with self._lock:
-                            self._lookups.pop(key, None)
+                            mine = self._lookups.get(key, [])
+                            mine[:] = [p for p in mine if p[1] is not result]
+                            if not mine:
+                                self._lookups.pop(key, None)
 
                 pending = (threading.Thread(target=lookup, name=f"resolve-{host}", daemon=True),
-                           result)
-                self._lookups[key] = pending
+                           result, now)
+                lookups.append(pending)
                 pending[0].start()
-        thread, found = pending
+        thread, found, _ = pending
         thread.join(timeout)
         return found[0] if found else None

@@ -83,7 +83,9 @@ _FIRST_LIST_FALLBACK = 2.0
 # long for it; the service-anchor repeats it at every resolution anyway.
 _REPORT_TTL = 10.0
 _RETRY_MIN = 0.5
-_RETRY_MAX = 10.0
+# A returning API is seen within half a second (issue 12: maps correct within 1 s of its
+# return); a retry is one name lookup and one TCP connect, cheap enough to repeat that often.
+_RETRY_MAX = 0.5
 
 
 class Discovery:

@@ -3,7 +3,8 @@ and the event pump's bounded queue (``anchord.docker_events``).
 
 Owns: a proxy whose name does not resolve, or resolves slowly, fails within PROBE_TIMEOUT
 (getaddrinfo itself has no timeout, and Docker's DNS takes 10 s for a stopped container's
-name), successive callers share one lookup, and a refused port fails at once.
+name), successive callers share one recent lookup but never inherit a stale one (bounded), and
+a refused port fails at once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 from anchord import docker_events
 from anchord.docker_events import EventPump, PumpReport
-from anchord.docker_reach import PROBE_TIMEOUT, DockerUnavailable, Reachability
+from anchord.docker_reach import MAX_LOOKUPS, PROBE_TIMEOUT, DockerUnavailable, Reachability
 
 
 def test_slow_resolution_fails_within_the_probe_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,12 +33,31 @@ def test_slow_resolution_fails_within_the_probe_timeout(monkeypatch: pytest.Monk
     monkeypatch.setattr(socket, "getaddrinfo", slow)
     reach = Reachability()
     try:
-        for _ in range(2):
-            start = time.monotonic()
-            with pytest.raises(DockerUnavailable, match="does not resolve"):
+        # Two callers at once share one lookup, and both fail within the probe timeout.
+        errors: list[BaseException] = []
+
+        def probe() -> None:
+            try:
                 reach.check("tcp://docker-proxy:2375", 10.0)
-            assert time.monotonic() - start < PROBE_TIMEOUT + 0.5
-        assert calls == ["docker-proxy"]  # the second caller waited on the same lookup
+            except DockerUnavailable as exc:
+                errors.append(exc)
+
+        start = time.monotonic()
+        both = [threading.Thread(target=probe) for _ in range(2)]
+        for t in both:
+            t.start()
+        for t in both:
+            t.join()
+        assert time.monotonic() - start < PROBE_TIMEOUT + 0.5
+        assert len(errors) == 2 and all("does not resolve" in str(e) for e in errors), errors
+        assert calls == ["docker-proxy"]
+        # A later caller does not inherit a lookup older than its timeout (a proxy back
+        # meanwhile must be seen at once), and the lookups in flight stay bounded.
+        for _ in range(MAX_LOOKUPS + 3):
+            with pytest.raises(DockerUnavailable, match="does not resolve"):
+                reach.check("tcp://docker-proxy:2375", 0.05)
+            time.sleep(0.06)  # older than the 0.05 s timeout: the next check may not share it
+        assert len(calls) == MAX_LOOKUPS, len(calls)
     finally:
         release.set()
 
