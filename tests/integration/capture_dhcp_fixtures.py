@@ -21,8 +21,7 @@ from pathlib import Path
 
 from anchord.dhcp import packets, packets6
 from anchord.dhcp.v6 import link_local
-from tests.integration.dhcp_servers import LAN_V4, LAN_V6, MAC, Dnsmasq, Kea4, Kea6, Lan, \
-    Radvd, lan
+from tests.integration.dhcp_servers import LAN_V4, LAN_V6, MAC, Dnsmasq, Kea4, Kea6, Lan, Radvd, lan
 from tests.integration.inbound_topo import inside
 from tests.netns import wait_until
 
@@ -126,7 +125,7 @@ def capture_v6(client: Client, name: str, out: Path) -> None:
     src = link_local(MAC)
     advertise = client.exchange(packets6.build(packets6.SOLICIT, MAC, src, xid, DUID, IAID,
                                                "proj-one"), _v6(packets6.ADVERTISE, xid))
-    kind, payload = packets6.classify(advertise, MAC)
+    _kind, payload = packets6.classify(advertise, MAC)
     assert isinstance(payload, bytes)
     offer = packets6.parse_reply(payload, xid, DUID, IAID)
     reply = client.exchange(packets6.build(packets6.REQUEST, MAC, src, xid + 1, DUID, IAID,
