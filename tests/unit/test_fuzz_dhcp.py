@@ -15,8 +15,8 @@ The seeds are DHCPOFFER/ACK/NAK frames captured from real dnsmasq and Kea
   loads as valid leases or ``{}``.
 
 ``ANCHORD_FUZZ_EXAMPLES`` sets the cases per test (default 200: both files run in about 20 s). The
-long run (docs/dhcp.md gives its figures) is ``ANCHORD_FUZZ_EXAMPLES=100000 .venv/bin/python -m
-pytest tests/unit/test_fuzz_dhcp.py tests/unit/test_fuzz_dhcp6.py -p no:randomly -q``.
+long run, one mutation test per target with ``ANCHORD_FUZZ_EXAMPLES=100000`` and ``--timeout
+0``, and its figures are in docs/dhcp.md ("Fuzzing").
 """
 
 from __future__ import annotations
