@@ -7,8 +7,8 @@ DHCPv4 pre-filter) over one of two socket setups, measured one after the other i
 
 - ``unfiltered``: AF_PACKET sockets for IPv4, ARP and IPv6 with no filter (anchord before the
   BPF filters): every frame of the data plane is copied to the worker;
-- ``filtered``: ``anchord.dhcp.rawio.RawSocket`` for IPv4 and IPv6 (BPF: DHCP and RAs only;
-  the ARP socket is open only while probing, so not here).
+- ``filtered``: ``anchord.dhcp.rawio.RawSocket`` for IPv4 and IPv6 (BPF: DHCP and RAs only)
+  and ARP as a bound worker has it (BPF: ARP claiming the bound address only).
 
 Printed per setup: iperf3's throughput, the frames the receiver was handed and its CPU seconds
 (user + system, ``getrusage``), and the ratios. Run as root on Debian with iperf3 installed
@@ -34,7 +34,7 @@ from pathlib import Path
 RECEIVER = r"""
 import json, resource, select, socket, sys, time
 sys.path.insert(0, sys.argv[3])
-from anchord.dhcp.rawio import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, RawSocket
+from anchord.dhcp.rawio import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, RawSocket, arp_filter
 from workers.dhcp import _is_dhcp4_reply
 mode, seconds = sys.argv[1], float(sys.argv[2])
 
@@ -61,6 +61,8 @@ if mode == "unfiltered":
     socks = [Plain(t) for t in (ETH_P_IP, ETH_P_ARP, ETH_P_IPV6)]
 else:
     socks = [RawSocket("eth0", t) for t in (ETH_P_IP, ETH_P_IPV6)]
+    # The ARP socket of a bound address (RFC 5227 2.4), filtered to claims on it.
+    socks.append(RawSocket("eth0", ETH_P_ARP, arp_filter("10.99.0.2", False)))
 print("ready", flush=True)
 start = time.monotonic()
 dhcp = 0

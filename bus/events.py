@@ -296,7 +296,8 @@ class DhcpCounters(Event, frozen=True):
 
     TOPIC: ClassVar[str] = "DhcpCounters/"
     family: int
-    acquisitions: tuple[Count, ...] = ()  # by outcome: ok, nak, timeout, conflict, expired
+    # by outcome: ok, nak, timeout, conflict, expired, defended, defend_lost (RFC 5227 2.4)
+    acquisitions: tuple[Count, ...] = ()
     dropped: int = 0  # received packets dropped as malformed or unexpected
 
 

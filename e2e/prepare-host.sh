@@ -26,6 +26,7 @@ PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
 APT_PACKAGES=(
     docker.io debootstrap nftables conntrack dnsmasq-base kea-dhcp4-server kea-dhcp6-server
     radvd iproute2 iputils-ping procps nmap tcpdump socat python3-venv iptables ca-certificates
+    iperf3
     prometheus
 )
 

@@ -25,10 +25,9 @@ from anchord.config import NetworkAnchorConfig
 from anchord.dhcp import gateway, kernel, kernel6
 from anchord.dhcp.leasefile import LeaseFile, StoredLease
 from anchord.dhcp.link import ChildLink, LinkStatus, resolve_parent
-from anchord.dhcp.rawio import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, RawSocket
+from anchord.dhcp.rawio import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Insn, RawSocket, arp_filter
 from anchord.dhcp.timers import Backoff
 from anchord.dhcp.v4 import Dhcp4Client
-from anchord.dhcp.v4 import State as V4State
 from anchord.dhcp.v6 import V6Client
 from anchord.lifecycle import release_requested
 from bus.events import (
@@ -95,6 +94,7 @@ class DhcpWorker:
         self.link_backoff = Backoff(initial=0.25, cap=LINK_BACKOFF_MAX, jitter=0.1)
         self.link_next = 0.0
         self.sockets: dict[int, RawSocket] = {}  # by ethertype
+        self.arp_watching: tuple[str, bool] | None = None  # what the ARP socket's filter names
         self.started = False
         self.filter_ready = False  # the nat-writer reported its tables (the LAN filter) in place
         self.stored = self.leasefile.load()
@@ -271,32 +271,37 @@ class DhcpWorker:
             log.warning("could not open raw sockets", extra={"fields": {"error": str(exc)}})
             self._close_sockets()
 
-    def _open(self, ethertype: int) -> None:
-        sock = RawSocket(self.config.ext_iface, ethertype)
+    def _open(self, ethertype: int, program: tuple[Insn, ...] | None = None) -> None:
+        sock = RawSocket(self.config.ext_iface, ethertype, program)
         self.sockets[ethertype] = sock
         self.bus.watch(sock.fileno())
 
     def _sync_arp(self) -> None:
-        """The ARP socket exists only while an address is being probed (RFC 5227): the rest
-        of the time the LAN's ARP traffic never wakes this worker."""
-        want = self.v4.state == V4State.PROBING and ETH_P_IP in self.sockets
-        sock = self.sockets.get(ETH_P_ARP)
-        if want and sock is None:
+        """The ARP socket exists only while an IPv4 address is probed or held (RFC 5227 2.1
+        and 2.4), its kernel filter naming that address: the LAN's other ARP traffic never
+        wakes this worker."""
+        want = self.v4.arp_watch() if ETH_P_IP in self.sockets else None
+        if want == self.arp_watching and (want is None) == (ETH_P_ARP not in self.sockets):
+            return
+        sock = self.sockets.pop(ETH_P_ARP, None)
+        if sock is not None:
+            self.bus.unwatch(sock.fileno())
+            sock.close()
+        self.arp_watching = None
+        if want is not None:
             try:
-                self._open(ETH_P_ARP)
+                self._open(ETH_P_ARP, arp_filter(*want))
+                self.arp_watching = want
             except OSError as exc:
                 log.warning("could not open the ARP socket", extra={"fields": {
                     "error": str(exc)}})
-        elif not want and sock is not None:
-            self.bus.unwatch(sock.fileno())
-            sock.close()
-            del self.sockets[ETH_P_ARP]
 
     def _close_sockets(self) -> None:
         for sock in self.sockets.values():
             self.bus.unwatch(sock.fileno())
             sock.close()
         self.sockets.clear()
+        self.arp_watching = None
 
     # --- loop -----------------------------------------------------------------
 

@@ -1,11 +1,13 @@
 """DHCPv4 on the wire: build client messages with scapy, parse server replies strictly.
 
-Owns the DHCPv4 message format. scapy builds every frame we send and decodes the
-Ethernet/IP/UDP/BOOTP headers of what we receive; the options of a received
-message are walked by our own strict TLV parser because scapy's is lenient by
-design (it turns a bad length or a missing end option into a best guess), and
-every received packet is untrusted: anything malformed raises ``Malformed``,
-which the caller counts and drops.
+Owns the DHCPv4 message format. scapy builds every frame we send; a received
+frame is read by offsets (Ethernet, IPv4 and UDP headers, bounded by their
+lengths, then the BOOTP fixed fields) and its options are walked by our own
+strict TLV parser, because scapy's decoding is lenient by design (it turns a
+bad length or a missing end option into a best guess, and its re-encoding of
+what it decoded is not the bytes that came). Every received packet is
+untrusted: anything malformed raises ``Malformed``, which the caller counts
+and drops. ``tests/unit/test_fuzz_dhcp.py`` fuzzes this module.
 """
 
 from __future__ import annotations
@@ -234,17 +236,44 @@ def _usable(address: str) -> bool:
                 or ip == ipaddress.IPv4Address("255.255.255.255"))
 
 
+def udp_payload(frame: bytes) -> tuple[str, bytes]:
+    """The IPv4 source and the UDP payload of a frame from server port 67 to client port 68.
+
+    Read by offsets, only within the datagram: the IPv4 total length and the UDP length bound
+    what is DHCP, so Ethernet padding or a trailer after the datagram is never parsed as
+    options (fuzzing found that scapy's decoding let such bytes into the payload: a missing
+    end option could come from past the datagram's end). A frame shorter than its lengths
+    claim is read as far as it goes (the option parser then rejects what is cut off).
+    """
+    if len(frame) < 14 + 20 + 8 or frame[12:14] != b"\x08\x00" or frame[14] >> 4 != 4:
+        raise Malformed("not_dhcp")
+    ihl = (frame[14] & 0x0F) * 4
+    if ihl < 20:
+        raise Malformed("bad_ip_header", f"header length {ihl}")
+    (total,) = struct.unpack("!H", frame[16:18])
+    (fragment,) = struct.unpack("!H", frame[20:22])
+    if total < ihl + 8:
+        raise Malformed("bad_ip_header", f"total length {total}")
+    if fragment & 0x3FFF:  # more fragments, or not the first: never a whole reply
+        raise Malformed("fragment")
+    if frame[23] != 17:
+        raise Malformed("not_dhcp")
+    udp = frame[14 + ihl:14 + total]
+    if len(udp) < 8:
+        raise Malformed("truncated", "udp header")
+    sport, dport, length = struct.unpack("!HHH", udp[:6])
+    if sport != 67 or dport != 68:
+        raise Malformed("not_dhcp")
+    if length < 8:
+        raise Malformed("bad_udp_length", str(length))
+    return str(ipaddress.IPv4Address(frame[26:30])), udp[8:length]
+
+
 def parse_reply(frame: bytes, mac: str, xid: int) -> Reply:
     """Validate ``frame`` as a DHCPv4 reply to transaction ``xid`` for ``mac``."""
     if len(frame) > 14 + 60 + 8 + MAX_MESSAGE + 512:
         raise Malformed("oversized", str(len(frame)))
-    try:
-        pkt = Ether(frame)
-    except Exception as exc:
-        raise Malformed("undecodable", type(exc).__name__) from exc
-    if IP not in pkt or UDP not in pkt or pkt[UDP].dport != 68 or pkt[UDP].sport != 67:
-        raise Malformed("not_dhcp")
-    payload = bytes(pkt[UDP].payload)
+    src_ip, payload = udp_payload(frame)
     if len(payload) < 240:
         raise Malformed("truncated", f"{len(payload)} bytes")
     op, htype, hlen = payload[0], payload[1], payload[2]
@@ -265,7 +294,7 @@ def parse_reply(frame: bytes, mac: str, xid: int) -> Reply:
     yiaddr = str(ipaddress.IPv4Address(payload[16:20]))
     server_id = _ip4(options[54], "server id") if 54 in options else ""
     if msg_type == NAK:
-        return Reply(NAK, rxid, yiaddr, server_id, str(pkt[IP].src), 0, "", 0, 0, 0)
+        return Reply(NAK, rxid, yiaddr, server_id, src_ip, 0, "", 0, 0, 0)
     if not _usable(yiaddr):
         raise Malformed("bad_yiaddr", yiaddr)
     if not server_id:
@@ -294,7 +323,7 @@ def parse_reply(frame: bytes, mac: str, xid: int) -> Reply:
         router = ""
     t1 = _u32(options.get(58), "T1")
     t2 = _u32(options.get(59), "T2")
-    return Reply(msg_type, rxid, yiaddr, server_id, str(pkt[IP].src), prefixlen, router,
+    return Reply(msg_type, rxid, yiaddr, server_id, src_ip, prefixlen, router,
                  lease_time, t1, t2)
 
 

@@ -10,14 +10,18 @@ A raw socket without a filter sees the whole data plane: every packet of the pro
 inbound and egress traffic would be copied into the dhcp worker, wake it, and compete with
 the DHCP replies for the socket buffer. Each socket therefore carries a classic BPF program
 run by the kernel (``SO_ATTACH_FILTER``) before anything is queued: IPv4 only UDP to port 68
-(unfragmented), IPv6 only UDP to port 546 and router advertisements, ARP only ARP (that
-socket is opened only while an address is being probed). The filter is attached before the
-socket is bound to its EtherType, so no unfiltered frame is ever queued.
+(unfragmented), IPv6 only UDP to port 546 and router advertisements. The ARP socket exists
+only while an IPv4 address is probed or held, and its filter (``arp_filter``) names that
+address: received Ethernet/IPv4 ARP whose sender is the address (another host using it) or,
+while probing, a probe for it; the LAN's other ARP traffic and our own never wake the worker.
+The filter is attached before the socket is bound to its EtherType, so no unfiltered frame
+is ever queued.
 """
 
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import logging
 import socket
 import struct
@@ -34,7 +38,9 @@ SO_ATTACH_FILTER = 26
 RCVBUF = 256 * 1024
 
 # Classic BPF (linux/filter.h): (code, jt, jf, k).
-_LDH_ABS, _LDB_ABS, _LDX_MSH, _LDH_IND = 0x28, 0x30, 0xB1, 0x48
+_LD_ABS, _LDH_ABS, _LDB_ABS, _LDX_MSH, _LDH_IND = 0x20, 0x28, 0x30, 0xB1, 0x48
+# Ancillary load (SKF_AD_OFF + SKF_AD_PKTTYPE): the packet type, PACKET_OUTGOING for our own.
+_AD_PKTTYPE = (-0x1000 + 4) & 0xFFFFFFFF
 _JEQ, _JSET, _RET = 0x15, 0x45, 0x06
 _ACCEPT = 0x40000  # bytes of the frame to keep: all of it
 Insn = tuple[int, int, int, int]
@@ -76,6 +82,42 @@ FILTER_ARP: tuple[Insn, ...] = (
     (_RET, 0, 0, 0),
 )
 
+
+
+def arp_filter(address: str, probing: bool) -> tuple[Insn, ...]:
+    """Received Ethernet/IPv4 ARP with sender IP ``address`` (RFC 5227 2.1.1 and 2.4: someone
+    else uses it) and, if ``probing``, also sender 0.0.0.0 with target ``address`` (someone
+    else probes for it). Frames we sent are dropped in the kernel too."""
+    ip = int(ipaddress.IPv4Address(address))
+    head: tuple[Insn, ...] = (
+        (_LD_ABS, 0, 0, _AD_PKTTYPE),  # 0: packet type
+        (_JEQ, 0, 0, PACKET_OUTGOING),  # 1: ours -> drop (jt patched below)
+        (_LDH_ABS, 0, 0, 12),          # 2: EtherType
+        (_JEQ, 0, 0, ETH_P_ARP),       # 3: not ARP -> drop
+        (_LD_ABS, 0, 0, 14),           # 4: hardware type + protocol type
+        (_JEQ, 0, 0, 0x00010800),      # 5: not Ethernet/IPv4 -> drop
+        (_LDH_ABS, 0, 0, 18),          # 6: address lengths
+        (_JEQ, 0, 0, 0x0604),          # 7: not 6 and 4 -> drop
+        (_LD_ABS, 0, 0, 28),           # 8: sender IP
+    )
+    if probing:
+        tail: tuple[Insn, ...] = (
+            (_JEQ, 3, 0, ip),          # 9: sender is the address -> accept (13)
+            (_JEQ, 0, 3, 0),           # 10: sender not 0.0.0.0 -> drop (14)
+            (_LD_ABS, 0, 0, 38),       # 11: target IP
+            (_JEQ, 0, 1, ip),          # 12: target not the address -> drop
+        )
+    else:
+        tail = ((_JEQ, 0, 1, ip),)     # 9: sender not the address -> drop
+    body = head + tail
+    drop = len(body) + 1
+    # Every comparison of the head drops on a mismatch (or, for the packet type, on a match).
+    fixed = [(code, drop - i - 1 if code == _JEQ and i == 1 else jt,
+              drop - i - 1 if code == _JEQ and i in (3, 5, 7) else jf, k)
+             for i, (code, jt, jf, k) in enumerate(head)]
+    return (*fixed, *tail, (_RET, 0, 0, _ACCEPT), (_RET, 0, 0, 0))
+
+
 FILTERS: dict[int, tuple[Insn, ...]] = {
     ETH_P_IP: FILTER_DHCP4, ETH_P_IPV6: FILTER_DHCP6, ETH_P_ARP: FILTER_ARP}
 
@@ -91,13 +133,14 @@ def attach_filter(sock: socket.socket, program: tuple[Insn, ...]) -> None:
 class RawSocket:
     """An AF_PACKET socket bound to one interface and one EtherType, filtered, non-blocking."""
 
-    def __init__(self, ifname: str, ethertype: int) -> None:
+    def __init__(self, ifname: str, ethertype: int,
+                 program: tuple[Insn, ...] | None = None) -> None:
         self.ifname = ifname
         self.ethertype = ethertype
         # Protocol 0: the socket receives nothing until it is bound below, after the filter.
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
-            attach_filter(self.sock, FILTERS[ethertype])
+            attach_filter(self.sock, program or FILTERS[ethertype])
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             self.sock.bind((ifname, ethertype))
             self.sock.setblocking(False)

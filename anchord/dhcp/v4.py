@@ -1,4 +1,4 @@
-"""The DHCPv4 client state machine (RFC 2131), with the ARP conflict check of RFC 5227.
+"""The DHCPv4 client state machine (RFC 2131), with the ARP conflict check and defence of RFC 5227.
 
 Owns the protocol decisions only: which message to send when, which reply to
 accept, when a lease is bound, renewed, rebound or lost. Everything it does to
@@ -8,7 +8,10 @@ a fake clock, and the worker drives it with the kernel.
 
 States are an enum and every move is checked against ``ALLOWED``; each move is
 one INFO log line. PROBING is ours, not RFC 2131's: it is the RFC 5227 probe
-between the ACK and binding.
+between the ACK and binding. Once the address is in use it is defended (RFC 5227
+2.4 (b)): another host's ARP claiming it is answered with one announcement; a
+second claim within DEFEND_INTERVAL means the address is given up (no DHCPDECLINE,
+which is for an address not yet in use) and configuration restarts.
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ PROBE_WAIT = 0.5
 # RFC 2131 3.1.5 asks for 10 s after a DECLINE; a conflict is rare, we keep it.
 DECLINE_WAIT = 10.0
 REQUEST_TRIES = 4  # REQUESTING: REQUESTs without an answer before starting over
+# RFC 5227 2.4 (b): one defence (an announcement) per DEFEND_INTERVAL; a second conflict
+# inside it gives the address up.
+DEFEND_INTERVAL = 10.0
 NAK_RESTART = 1.0  # seconds at most from a NAK to the new DISCOVER
 REBOOT_TRIES = 2  # REBOOTING: REQUESTs before resuming the stored lease as is
 
@@ -120,6 +126,7 @@ class Dhcp4Client:
         self.started = 0.0  # monotonic start of the current exchange (secs field)
         self.wakeup = 0.0  # monotonic time of the next action
         self.probes_sent = 0
+        self.defended_at: float | None = None  # monotonic time of the last defence (2.4 (b))
         self.dropped: Counter[str] = Counter()
         self.acquisitions: Counter[str] = Counter()  # by outcome, for metrics
 
@@ -403,9 +410,20 @@ class Dhcp4Client:
         # that NAKs everything is then asked once a second, not in a tight loop).
         self.wakeup = now + min(NAK_RESTART, self.backoff.next())
 
+    def arp_watch(self) -> tuple[str, bool] | None:
+        """The address whose ARP traffic matters now and whether probes for it count (while
+        probing), or None: the worker keeps an ARP socket, filtered to that, only then."""
+        if self.state == S.PROBING and self.offer is not None:
+            return self.offer.yiaddr, True
+        if self.state in HOLDS_LEASE and self.lease is not None:
+            return self.lease.address, False
+        return None
+
     def on_arp(self, frame: bytes) -> None:
-        """An ARP frame: during PROBING, someone else using or probing our address."""
-        if self.state != S.PROBING or self.offer is None:
+        """An ARP frame: during PROBING, someone else using or probing the offered address;
+        while the address is ours, another host claiming it (RFC 5227 2.4)."""
+        watching = self.arp_watch()
+        if watching is None:
             return
         try:
             seen = packets.parse_arp(frame)
@@ -414,6 +432,11 @@ class Dhcp4Client:
             return
         if seen.sender_mac == self.mac:
             return
+        if self.state != S.PROBING:
+            if seen.sender_ip == watching[0]:
+                self._conflict_in_use(seen.sender_mac)
+            return
+        assert self.offer is not None
         target = self.offer.yiaddr
         # RFC 5227 2.1.1: a packet with our address as sender, or another probe for it.
         if seen.sender_ip == target or (seen.sender_ip == "0.0.0.0" and seen.target_ip == target):
@@ -439,6 +462,35 @@ class Dhcp4Client:
         self._go(S.INIT, f"{offer.yiaddr} in use by {other_mac}")
         self.wakeup = self.monotonic() + DECLINE_WAIT
 
+    def _conflict_in_use(self, other_mac: str) -> None:
+        """RFC 5227 2.4 (b): defend once, give the address up on a second conflict within
+        DEFEND_INTERVAL of the defence."""
+        assert self.lease is not None
+        lease = self.lease
+        now = self.monotonic()
+        fields: dict[str, object] = {"family": 4, "address": lease.address,
+                                     "other_mac": other_mac, "state": self.state.value}
+        if self.defended_at is None or now - self.defended_at >= DEFEND_INTERVAL:
+            self.defended_at = now
+            log.warning("address conflict: another host claims our address, defending it",
+                        extra={"fields": fields})
+            self.acquisitions["defended"] += 1
+            self.host.send(packets.arp_announce(self.mac, lease.address))
+            return
+        log.warning("address conflict again within %.0f s of defending: giving the address up",
+                    DEFEND_INTERVAL, extra={"fields": fields})
+        self.acquisitions["defend_lost"] += 1
+        self.defended_at = None
+        self.host.remove(lease)
+        self.lease = None
+        self.offer = None
+        self.host.changed(None, lease, "conflict")
+        self._go(S.INIT, f"{lease.address} claimed by {other_mac} after a defence")
+        # Configuration restarts at once; the probe before the next use (and a DECLINE if
+        # the server offers the same address again) keeps us off the taken address.
+        self.backoff.reset()
+        self.wakeup = now
+
     def _bind(self, reply: packets.Reply, server_mac: str, now: float) -> None:
         lease_time = float(reply.lease_time)
         t1, t2 = float(reply.t1), float(reply.t2)
@@ -463,6 +515,7 @@ class Dhcp4Client:
         self.host.apply(lease, lease_time)
         fresh = previous is None or previous.address != lease.address
         if fresh:
+            self.defended_at = None
             self.host.send(packets.arp_announce(self.mac, lease.address))
         if self.state not in (S.RENEWING, S.REBINDING):
             self.acquisitions["ok"] += 1  # a renewal is not an acquisition

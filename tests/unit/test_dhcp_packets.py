@@ -39,8 +39,15 @@ def test_option_121_default_route_wins() -> None:
 def test_malformed_v4_rejected_with_reason(mutate: object, reason: str) -> None:
     frame = reply(packets.OFFER, 5)
     with pytest.raises(packets.Malformed) as info:
-        packets.parse_reply(mutate(frame), MAC, 5)  # type: ignore[operator]
+        packets.parse_reply(_relength(mutate(frame)), MAC, 5)  # type: ignore[operator]
     assert info.value.reason == reason
+
+
+def _relength(frame: bytes) -> bytes:
+    """The IPv4 and UDP lengths of ``frame`` made to match what it carries (the parser reads
+    nothing past the datagram)."""
+    return frame[:16] + struct.pack("!H", len(frame) - 14) + frame[18:38] \
+        + struct.pack("!H", len(frame) - 34) + frame[40:]
 
 
 def test_garbage_hostname_in_reply_is_harmless() -> None:
