@@ -11,6 +11,7 @@ Nothing leaves the namespaces it makes; they are deleted at the end.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import sys
 import tempfile
@@ -20,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from anchord.dhcp import packets, packets6
-from anchord.dhcp.v6 import link_local
 from tests.integration.dhcp_servers import LAN_V4, LAN_V6, MAC, Dnsmasq, Kea4, Kea6, Lan, Radvd, lan
 from tests.integration.inbound_topo import inside
 from tests.netns import wait_until
@@ -78,6 +78,14 @@ class Client:
         self.sock.close()
 
 
+def eui64_link_local(mac: str) -> str:
+    """The EUI-64 link-local address of ``mac`` (what the kernel gives the client's link)."""
+    b = bytearray(int(x, 16) for x in mac.split(":"))
+    b[0] ^= 0x02
+    iid = bytes(b[:3]) + b"\xff\xfe" + bytes(b[3:])
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + iid))
+
+
 def _v4(msg_type: int, xid: int) -> Callable[[bytes], bool]:
     def want(frame: bytes) -> bool:
         try:
@@ -122,7 +130,7 @@ def capture_v4(client: Client, name: str, out: Path, wrong: str) -> None:
 
 def capture_v6(client: Client, name: str, out: Path) -> None:
     xid = 0x445500 + len(name)
-    src = link_local(MAC)
+    src = eui64_link_local(MAC)
     advertise = client.exchange(packets6.build(packets6.SOLICIT, MAC, src, xid, DUID, IAID,
                                                "proj-one"), _v6(packets6.ADVERTISE, xid))
     _kind, payload = packets6.classify(advertise, MAC)
