@@ -99,6 +99,10 @@ class Stack:
             self._ids[service] = self.project.container_id(service)
         return self._ids[service]
 
+    def forget_containers(self) -> None:
+        """Forget the cached container ids (after a step that re-creates containers)."""
+        self._ids.clear()
+
     def exec(self, service: str, *cmd: str, check: bool = True, timeout: float = 60.0) -> str:
         """``docker exec`` (faster than ``compose exec``, which matters while polling)."""
         return harness.run(

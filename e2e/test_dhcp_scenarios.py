@@ -359,6 +359,7 @@ def test_s6_the_address_survives_restart_recreate_and_down_up(
     ]
     for what, step in steps:
         step()
+        project.forget_containers()
         wait_until(lambda: address in project.addresses(family), LEASE_TIMEOUT, interval=0.3,
                    message=f"{address} back on anchord-ext after {what}")
         assert project.addresses(family) == [address], (what, project.addresses(family))
