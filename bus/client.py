@@ -55,7 +55,13 @@ class BusClient:
         self._topics = {cls.TOPIC for cls in subscribe}
         self._subscribe_all = subscribe_all
         self._run_dir = run_dir
-        self._seq = 0
+        # Per topic, from 1 at this process's start: a subscriber of some topics only sees
+        # consecutive numbers unless messages were lost (see ``gaps``).
+        self._seq: Counter[str] = Counter()
+        # (source, topic) -> the last seq received; a lower one is a restarted publisher.
+        self._last_seq: dict[tuple[str, str], int] = {}
+        self.gaps: Counter[str] = Counter()  # messages missed, by source
+        self._on_gap: Callable[[str, str], None] = lambda source, topic: None
         self._state: Callable[[], Sequence[Event]] = lambda: ()
         self._conditions: Callable[[], Sequence[Condition]] = lambda: ()
         self._summary: Callable[[], str] = lambda: ""
@@ -155,10 +161,17 @@ class BusClient:
 
     # --- I/O ------------------------------------------------------------
 
+    def on_gap(self, handler: Callable[[str, str], None]) -> None:
+        """Call ``handler(source, topic)`` when messages of a received topic were lost (a gap
+        in that publisher's sequence numbers): a worker that keeps derived state can then
+        rebuild it from the current state instead of trusting the one-off messages."""
+        self._on_gap = handler
+
     def publish(self, event: Event) -> None:
-        self._seq += 1
+        self._seq[event.TOPIC] += 1
         try:
-            self._pub.send_multipart(encode(event, self.worker, self._seq), zmq.NOBLOCK)
+            self._pub.send_multipart(encode(event, self.worker, self._seq[event.TOPIC]),
+                                     zmq.NOBLOCK)
         except zmq.Again:
             # PUB never blocks for a slow broker; what is lost here the next
             # heartbeat republishes, because all state is level-triggered.
@@ -212,6 +225,21 @@ class BusClient:
 
     # --- internals -------------------------------------------------------
 
+    def _check_sequence(self, source: str, topic: str, seq: int) -> None:
+        key = (source, topic)
+        last = self._last_seq.get(key)
+        self._last_seq[key] = seq
+        if last is None or seq <= last:
+            return  # the first one heard, or a restarted publisher counting from 1 again
+        missed = seq - last - 1
+        if missed <= 0:
+            return
+        self.gaps[source] += missed
+        log.warning("bus messages lost", extra={"fields": {
+            "source": source, "topic": topic, "missed": missed}})
+        self._on_gap(source, topic)
+
+
     def _timers(self, now: float) -> None:
         if not self.hello_acked and now >= self._hello_next:
             self.publish(Hello(worker=self.worker, pid=self.pid))
@@ -256,6 +284,7 @@ class BusClient:
                 continue
             event = envelope.event
             self.received[event.TOPIC] += 1
+            self._check_sequence(envelope.source, event.TOPIC, envelope.seq)
             if isinstance(event, Hello):
                 if event.worker == self.worker and event.pid == self.pid:
                     self.hello_acked = True

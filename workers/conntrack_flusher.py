@@ -165,6 +165,10 @@ class Flusher:
             return self.on_address_gone(ev.family, ev.address)
         return []
 
+    def reconcile_soon(self) -> None:
+        """Make the next ``due()`` a full pass (messages were lost on the bus)."""
+        self.next_reconcile = self.clock()
+
     def due(self) -> list[ConntrackFlushed]:
         """The periodic pass, when it is time."""
         if self.clock() < self.next_reconcile:
@@ -175,6 +179,9 @@ class Flusher:
 def run(config: NetworkAnchorConfig, bus: BusClient, life: Lifecycle) -> int:
     with Conntrack() as ct:
         flusher = Flusher(ct)
+        # A lost table or lease message is never waited for: the next pass works from the
+        # current state, so it comes at once.
+        bus.on_gap(lambda source, topic: flusher.reconcile_soon())
         while not life.stop_requested:
             for ev in [*bus.poll(0.5), None]:
                 try:
