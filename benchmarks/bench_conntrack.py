@@ -49,6 +49,9 @@ def main() -> None:
         topo.veth(anchor, "eth0", peer, "eth0")
         anchor.run("ip", "addr", "add", f"{ANCHOR}/24", "dev", "eth0")
         peer.run("ip", "addr", "add", f"{PEER}/24", "dev", "eth0")
+        # Unanswered UDP entries expire after 30 s by default: the table must keep its size
+        # for the whole row (per namespace, this one's only).
+        anchor.run("sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=900")
         with inside(anchor):
             tables = NatTables("anchord-ext")  # its rules make conntrack track this namespace
             tables.adopt()
