@@ -1,4 +1,4 @@
-"""Deleting conntrack entries by what they point at, through ctnetlink (pyroute2).
+"""Deleting conntrack entries by what they point at, through ctnetlink.
 
 Owns the clean-ups the conntrack-flusher performs:
 
@@ -15,8 +15,9 @@ Owns the clean-ups the conntrack-flusher performs:
 
 The kernel does the matching (ctnetlink dump with ``CTA_FILTER``, kernel >= 5.8):
 only matching entries cross into userspace, each deleted by its exact tuple, so
-the work grows with what changed, not with the size of the table. This module
-never touches nftables.
+the work grows with what changed, not with the size of the table. The messages are
+``anchord.nfct``'s, the socket ``anchord.netlink``'s (no pyroute2). This module never touches
+nftables.
 """
 
 from __future__ import annotations
@@ -28,18 +29,19 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from pyroute2.netlink import NETLINK_NETFILTER
-from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
-from pyroute2.netlink.nfnetlink.nfctsocket import (
+from anchord.netlink import NLM_F_ACK, NLM_F_DUMP, NetlinkError, NetlinkSocket
+from anchord.nfct import (
     IPCTNL_MSG_CT_DELETE,
     IPCTNL_MSG_CT_GET,
-    NFCTAttrTuple,
-    nfct_msg,
+    NETLINK_NETFILTER,
+    Entry,
+    Tuple,
+    decode_entry,
+    delete_request,
+    dump_request,
+    message_type,
 )
-
-from anchord.netlink import HEADER, NLM_F_ACK, NLM_F_DUMP, NetlinkError, NetlinkSocket
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,7 @@ def _norm(family: int, address: str) -> str:
 
 
 class Conntrack:
-    """A ctnetlink socket, opened on first use in the current network namespace.
-
-    pyroute2's message classes encode and decode; the I/O is ``anchord.netlink``'s plain
-    blocking socket with a timeout, because pyroute2 0.9's asyncio-backed dump costs ~25 ms
-    per call even on an empty table, which would hide the kernel's real cost.
-    """
+    """A ctnetlink socket, opened on first use in the current network namespace."""
 
     def __init__(self) -> None:
         self._nl: NetlinkSocket | None = None
@@ -85,26 +82,13 @@ class Conntrack:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, family: int, msg: nfct_msg, msg_type: int, flags: int) -> list[nfct_msg]:
-        """Send one request; return the decoded answers (raises NetlinkError on error)."""
+    def _socket(self) -> NetlinkSocket:
         if self._nl is None:
             # A large receive buffer: a dump of many flows arrives faster than we decode it.
             self._nl = NetlinkSocket(NETLINK_NETFILTER, rcvbuf=1 << 20)
-        msg["nfgen_family"] = _AF[family]
-        msg.encode()
-        answers = self._nl.request((NFNL_SUBSYS_CTNETLINK << 8) | msg_type, flags,
-                                   bytes(msg.data[HEADER.size:]))
-        out: list[nfct_msg] = []
-        for answer in answers:
-            # pyroute2 decodes whole messages: give it back the header it expects.
-            raw = HEADER.pack(HEADER.size + len(answer.payload), answer.type, answer.flags,
-                              0, 0) + answer.payload
-            decoded = nfct_msg(raw)
-            decoded.decode()
-            out.append(decoded)
-        return out
+        return self._nl
 
-    def _dump(self, family: int, direction: str, filt: NFCTAttrTuple) -> list[Any]:
+    def _dump(self, family: int, direction: str, filt: Tuple) -> list[Entry]:
         """Entries whose ``direction`` ("orig" or "reply") tuple matches ``filt``.
 
         The kernel filters (CTA_FILTER). Except IPv6 addresses: on the kernels we
@@ -112,37 +96,27 @@ class Conntrack:
         inverted and an equal address never matches, so for IPv6 the kernel filters
         on proto/ports only and the address is compared here.
         """
+        af = _AF[family]
         kernel = filt
         if family == 6 and (filt.saddr or filt.daddr):
-            kernel = NFCTAttrTuple(family=filt.family, proto=filt.proto,
-                                   sport=filt.sport, dport=filt.dport)
-        kernel.attrs()  # computes .flags
-        if kernel.flags:
-            flag_attr = "CTA_FILTER_ORIG_FLAGS" if direction == "orig" else "CTA_FILTER_REPLY_FLAGS"
-            request = nfct_msg.create_from(**{
-                f"tuple_{direction}": kernel,
-                "cta_filter": {"attrs": [[flag_attr, kernel.flags]]},
-            })
-        else:
-            request = nfct_msg()
-        msgs = self._request(family, request, IPCTNL_MSG_CT_GET, NLM_F_DUMP)
+            kernel = Tuple(proto=filt.proto, sport=filt.sport, dport=filt.dport)
+        answers = self._socket().request(message_type(IPCTNL_MSG_CT_GET), NLM_F_DUMP,
+                                         dump_request(af, direction, kernel))
+        entries = [decode_entry(answer, af) for answer in answers]
         if kernel is filt:
-            return msgs
-        attr = "CTA_TUPLE_ORIG" if direction == "orig" else "CTA_TUPLE_REPLY"
-        return [m for m in msgs if filt.nla_eq(_AF[family], m.get_attr(attr))]
+            return entries
+        return [e for e in entries if filt.matches(e.orig if direction == "orig" else e.reply)]
 
-    def _delete(self, family: int, entries: list[Any]) -> int:
+    def _delete(self, entries: list[Entry]) -> int:
         removed = 0
-        seen: set[str] = set()
-        for msg in entries:
-            orig = NFCTAttrTuple.from_netlink(_AF[family], msg.get_attr("CTA_TUPLE_ORIG"))
-            key = repr(orig)
-            if key in seen:
+        seen: set[bytes] = set()
+        for entry in entries:
+            if entry.orig_raw in seen:
                 continue
-            seen.add(key)
+            seen.add(entry.orig_raw)
             try:
-                self._request(family, nfct_msg.create_from(tuple_orig=orig),
-                              IPCTNL_MSG_CT_DELETE, NLM_F_ACK)
+                self._socket().request(message_type(IPCTNL_MSG_CT_DELETE), NLM_F_ACK,
+                                       delete_request(entry))
                 removed += 1
             except NetlinkError as exc:
                 if exc.errno != errno.ENOENT:  # it expired or was deleted meanwhile
@@ -157,18 +131,16 @@ class Conntrack:
         wanted = []
         matched = 0
         for direction in directions:
-            attr = "CTA_TUPLE_REPLY" if direction == "reply" else "CTA_TUPLE_ORIG"
-            filt = NFCTAttrTuple(family=_AF[family], saddr=addr, proto=proto_num, sport=port)
-            msgs = self._dump(family, direction, filt)
-            matched += len(msgs)
-            for msg in msgs:
+            filt = Tuple(saddr=addr, proto=proto_num, sport=port)
+            entries = self._dump(family, direction, filt)
+            matched += len(entries)
+            for entry in entries:
                 if proto and first != last:
-                    sport = msg.get_attr(attr).get_attr("CTA_TUPLE_PROTO").get_attr(
-                        "CTA_PROTO_SRC_PORT")
+                    sport = (entry.reply if direction == "reply" else entry.orig).sport
                     if sport is None or not first <= sport <= last:
                         continue
-                wanted.append(msg)
-        return matched, self._delete(family, wanted)
+                wanted.append(entry)
+        return matched, self._delete(wanted)
 
     def flush_backend(
         self, family: int, address: str, proto: str | None = None,
@@ -215,14 +187,12 @@ class Conntrack:
         = a stale backend and port, see ``flush_backend``): one dump per stale backend.
         """
         addr = _norm(family, project)
-        af = _AF[family]
         start = time.perf_counter()
-        entries = self._dump(family, "orig", NFCTAttrTuple(family=af, daddr=addr))
-        stale: list[Any] = []
+        entries = self._dump(family, "orig", Tuple(daddr=addr))
+        stale: list[Entry] = []
         moved: dict[str, set[tuple[int, int]]] = {}  # stale backend -> {(proto, port)}
-        for msg in entries:
-            orig = NFCTAttrTuple.from_netlink(af, msg.get_attr("CTA_TUPLE_ORIG"))
-            reply = NFCTAttrTuple.from_netlink(af, msg.get_attr("CTA_TUPLE_REPLY"))
+        for entry in entries:
+            orig, reply = entry.orig, entry.reply
             proto = PROTO_NAMES.get(orig.proto or 0)
             if proto is None or not reply.saddr or orig.dport is None:
                 continue
@@ -230,18 +200,17 @@ class Conntrack:
             if backend == addr:
                 continue  # not DNATed: a flow to anchord itself (DHCP, ICMP errors)
             if backend_of(proto, int(orig.dport)) != backend:
-                stale.append(msg)
+                stale.append(entry)
                 moved.setdefault(backend, set()).add((orig.proto or 0, int(reply.sport or 0)))
-        removed = self._delete(family, stale)
+        removed = self._delete(stale)
         work = time.perf_counter() - start
         if moved and settle > 0:
             time.sleep(settle)
             again = time.perf_counter()
             for backend, ports in moved.items():
-                reverse = [m for m in self._dump(family, "orig",
-                                                 NFCTAttrTuple(family=af, saddr=backend))
-                           if _proto_sport(af, m) in ports]
-                removed += self._delete(family, reverse)
+                reverse = [e for e in self._dump(family, "orig", Tuple(saddr=backend))
+                           if (e.orig.proto or 0, int(e.orig.sport or 0)) in ports]
+                removed += self._delete(reverse)
             work += time.perf_counter() - again
         return FlushResult(family, len(stale), removed, work)
 
@@ -249,16 +218,11 @@ class Conntrack:
         """Delete entries of an external address: egress masqueraded to it, inbound to it."""
         start = time.perf_counter()
         addr = _norm(family, address)
-        egress = self._dump(family, "reply", NFCTAttrTuple(family=_AF[family], daddr=addr))
-        inbound = self._dump(family, "orig", NFCTAttrTuple(family=_AF[family], daddr=addr))
+        egress = self._dump(family, "reply", Tuple(daddr=addr))
+        inbound = self._dump(family, "orig", Tuple(daddr=addr))
         matched = egress + inbound
-        removed = self._delete(family, matched)
+        removed = self._delete(matched)
         return FlushResult(family, len(matched), removed, time.perf_counter() - start)
-
-
-def _proto_sport(af: int, msg: Any) -> tuple[int, int]:
-    orig = NFCTAttrTuple.from_netlink(af, msg.get_attr("CTA_TUPLE_ORIG"))
-    return orig.proto or 0, int(orig.sport or 0)
 
 
 def flush_backend(family: int, address: str, proto: str | None = None,

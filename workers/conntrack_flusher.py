@@ -23,11 +23,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from anchord.config import NetworkAnchorConfig
 from anchord.conntrack import Conntrack
 from anchord.lifecycle import Lifecycle
+from anchord.netlink import NetlinkError
 from bus.client import BusClient
 from bus.events import (
     BackendsDesired,

@@ -6,12 +6,15 @@
 - only ``anchord/nft.py`` speaks nftables (loads libnftables or runs ``nft``);
 - only the dhcp package imports scapy, only Docker-facing modules import docker (the
   reading of Docker's documents, ``anchord.docker_inspect``, does not);
-- the service-anchor imports nothing heavy (it runs once per exposed service).
+- the service-anchor imports nothing heavy (it runs once per exposed service);
+- the conntrack-flusher's process loads no pyroute2 (its ctnetlink codec is ``anchord.nfct``).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,13 @@ def test_service_anchor_stays_light() -> None:
             | imports(ROOT / "anchord/netlink.py"))
     heavy = {m for m in mods if m.split(".")[0] in ("scapy", "docker", "zmq", "pyroute2", "bus")}
     assert not heavy
+
+
+def test_conntrack_flusher_imports_no_pyroute2() -> None:
+    """What the process really loads, not what its files say: a fresh interpreter imports the
+    worker and lists the modules it ended up with (a transitive import counts too)."""
+    probe = ("import sys, workers.conntrack_flusher\n"
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2')))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "", f"pyroute2 modules loaded: {out.stdout.strip()}"
