@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -23,7 +24,6 @@ from pathlib import Path
 from types import TracebackType
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from anchord.backoff import Backoff
 from bus.broker import endpoints
@@ -255,10 +255,14 @@ class BusClient:
 
     def _on_monitor(self) -> None:
         try:
-            msg = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            frames = self._monitor.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
-        if msg.get("event") == zmq.EVENT_CONNECTED:
+        # libzmq's monitor message: a 16-bit event id and a 32-bit value (native byte order),
+        # then the endpoint. Read here rather than with zmq.utils.monitor, which imports
+        # zmq.asyncio and with it asyncio: ~9 MB in every worker.
+        event = struct.unpack("=H", frames[0][:2])[0] if frames and len(frames[0]) >= 2 else 0
+        if event == zmq.EVENT_CONNECTED:
             # (Re)connected to the broker, maybe a restarted one that lost
             # every message in flight: ask the owners for their state again.
             log.debug("bus connected")
