@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from anchord import config as configmod
 from anchord import logsetup
 from anchord.lifecycle import Lifecycle
-from bus import broker
-from bus.client import BusClient
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +39,13 @@ def run_worker(name: str, env: Mapping[str, str]) -> int:
     life.install_signal_handlers()
     try:
         if name == "bus":
+            from bus import broker  # the broker needs zmq only, not the codec and events
+
             wakeup = None if life.wakeup_fd is None else (life.wakeup_fd, life.drain_wakeup)
             broker.serve(config.run_dir, lambda: life.stop_requested, wakeup)
             return 0
+        from bus.client import BusClient
+
         module = importlib.import_module(WORKERS[name])
         with BusClient(
             name,

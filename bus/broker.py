@@ -15,7 +15,7 @@ from pathlib import Path
 
 import zmq
 
-from bus.codec import MAX_MESSAGE_BYTES
+from bus.limits import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 

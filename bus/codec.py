@@ -34,10 +34,8 @@ import msgspec
 from bus.events import CATALOGUE, Event
 
 ENVELOPE_VERSION = 1
-# Large enough for a BackendsDesired of 100 000 entries even in its worst shape (one
-# container per entry, ~0.6 MB per 10 000), small enough that a runaway sender cannot
-# make every receiver allocate without bound.
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# See bus/limits.py (re-exported: receivers and tests read it here).
+from bus.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # noqa: E402
 
 
 class DecodeError(ValueError):
