@@ -343,6 +343,14 @@ def test_s6_the_address_survives_restart_recreate_and_down_up(
     )[0]
     marker = NEW_ACQUISITION[server, family]
 
+    def bound() -> bool:
+        # Bound as anchord says (a DHCPv6 address is bound, and stored, only once the kernel's
+        # duplicate address detection passed; on the child it shows before that).
+        lease = (project.status_json().get("leases") or {}).get(f"ipv{family}") or {}
+        return str(lease.get("address") or "").split("/")[0] == address
+
+    wait_until(bound, LEASE_TIMEOUT, interval=0.5, message=f"{address} bound")
+
     def acquisitions() -> int:
         return lan.project.logs("dhcp").count(marker)
 
@@ -363,6 +371,7 @@ def test_s6_the_address_survives_restart_recreate_and_down_up(
         wait_until(lambda: address in project.addresses(family), LEASE_TIMEOUT, interval=0.3,
                    message=f"{address} back on anchord-ext after {what}")
         assert project.addresses(family) == [address], (what, project.addresses(family))
+        wait_until(bound, LEASE_TIMEOUT, interval=0.5, message=f"{address} bound after {what}")
         assert acquisitions() == before, (
             f"after {what}: the server handed out a new lease\n"
             f"{lan.project.logs('dhcp')[-3000:]}")
