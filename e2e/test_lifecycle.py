@@ -298,7 +298,7 @@ def test_s3_service_anchor_restart_new_connections_within_1s(
 
     from_anchor, from_both = restart_web(stack, v4, restart)
     same4, _ = ls.transit_addresses(stack.project, "web-anchor")
-    print(
+    harness.figure(
         f"S-3 docker restart: transit {old4} -> {same4}; mapped {from_anchor:.3f}s after "
         f"web-anchor was running; first answer {from_both:.3f}s after web answered locally again"
     )
@@ -321,7 +321,7 @@ def test_s3_service_anchor_restart_new_connections_within_1s(
     try:
         from_anchor, from_both = restart_web(stack, v4, move)
         moved, _ = ls.transit_addresses(stack.project, "web-anchor")
-        print(
+        harness.figure(
             f"S-3 moved: transit {same4} -> {moved}; mapped {from_anchor:.3f}s after "
             f"web-anchor was running; first answer {from_both:.3f}s after web answered locally "
             "again"
