@@ -53,10 +53,10 @@ def shared_dir(nobody: privileges.Account) -> Iterator[Path]:
         shutil.rmtree(base)
 
 
-def _python(code: str, **kwargs: object) -> subprocess.Popen[str]:
+def _python(code: str) -> subprocess.Popen[str]:
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _run(code: str) -> dict[str, object]:
