@@ -45,7 +45,16 @@ ENV PATH=/opt/anchord/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 # supervisorctl finds its configuration at /etc/supervisord.conf with no arguments.
+# The user the bus, discovery and metrics switch to (anchord/privileges.py): a fixed uid/gid, no
+# home, no shell. The run directory is made here because the container's root has no CAP_CHOWN
+# to give it its group at run time: root's and the group's alone, sticky (bus/broker.py says
+# who reaches what through these modes).
 RUN ln -s /etc/anchord/supervisord.conf /etc/supervisord.conf \
+    && groupadd --system --gid 6480 anchord \
+    && useradd --system --uid 6480 --gid anchord --no-create-home --home-dir /nonexistent \
+         --shell /usr/sbin/nologin anchord \
+    && install -d -o root -g anchord -m 1770 /run/anchord \
+    && install -d -o root -g root -m 0755 /var/log/anchord \
     && anchord --help >/dev/null
 # `anchord healthcheck` works whether or not the metrics listener is enabled. Every 5 s: the
 # discovery worker exposes a service-anchor with a healthcheck only once Docker calls it

@@ -79,7 +79,8 @@ class CommonConfig:
     log_level: int = logging.INFO
     # None disables the metrics/health listener (ANCHORD_METRICS_ADDR empty).
     metrics_addr: MetricsAddr | None = MetricsAddr("127.0.0.1", 9090)
-    # Where the bus sockets, the shutdown marker and supervisord's socket live (0700).
+    # Where the bus sockets, the shutdown marker and supervisord's socket live: root's and the
+    # anchord group's alone (1770; 0700 where no anchord user exists): see bus.broker.
     run_dir: Path = Path("/run/anchord")
 
 
@@ -320,8 +321,8 @@ def load(env: Mapping[str, str], mode: str | None = None) -> Config:
 
 
 def _path(variable: str, value: str) -> Path:
-    # anchord makes these directories its own (the run directory is chmod 0700): never the
-    # root or a kernel filesystem.
+    # anchord makes these directories its own (the run directory gets its group and mode):
+    # never the root or a kernel filesystem.
     expected = "an absolute path of a directory of its own (not /, /proc, /sys or /dev)"
     if not value.startswith("/") or "\x00" in value:
         raise ConfigError(variable, value, expected)

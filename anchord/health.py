@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 HEALTH_FILE = "health.json"
+FILE_MODE = 0o644
 # Older than this and the writer is presumed hung: its heartbeat is a few seconds.
 STALE_AFTER = 30.0
 
@@ -40,7 +41,13 @@ def write(
     }
     if restarts is not None:
         body["restarts"] = dict(restarts)
-    tmp.write_text(json.dumps(body) + "\n")
+    # 0644 whatever the umask: in the network-anchor the metrics worker (user anchord) writes
+    # it and `anchord healthcheck` (root without CAP_DAC_OVERRIDE) reads it as "other"; the
+    # run directory keeps everyone else out (see bus.broker).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), FILE_MODE)
+        out.write(json.dumps(body) + "\n")
     os.replace(tmp, path)
 
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 
 from anchord import config as configmod
-from anchord import logsetup
+from anchord import logsetup, privileges
 from anchord.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,15 @@ def run_worker(name: str, env: Mapping[str, str]) -> int:
     config = configmod.load(env, mode="network-anchor")
     assert isinstance(config, configmod.NetworkAnchorConfig)
     logsetup.configure(name, config.log_level)
+    # Before anything reads Docker, the bus or the LAN; after the console is open (see
+    # anchord.privileges). A switch that fails stops the program: it never runs as root instead.
+    try:
+        privileges_now = privileges.apply(name, config.docker_host)
+    except (OSError, privileges.PrivilegeError) as exc:
+        log.error("could not set this program's privileges", extra={"fields": {
+            "error": str(exc)}})
+        return 1
+    log.info("privileges set", extra={"fields": {"privileges": privileges_now}})
     life = Lifecycle(config.run_dir)
     life.install_signal_handlers()
     try:

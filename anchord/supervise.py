@@ -1,6 +1,8 @@
 """The network-anchor entry process: runs supervisord and owns the shutdown decision.
 
-It removes a stale shutdown marker and readiness file, starts supervisord in the foreground with
+It prepares the run directory (shared with the unprivileged account's group where that
+exists: see ``bus.broker`` and ``anchord.privileges``), removes a stale shutdown marker,
+readiness file and bus sockets, starts supervisord in the foreground with
 the workers' console pointed at its own stdout, and on SIGTERM/SIGINT writes the
 shutdown marker *before* passing the signal on, so every worker knows this is a
 container stop (tear down, release) and not a ``supervisorctl restart``. A hard
@@ -22,11 +24,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
-from anchord import health
+from anchord import health, privileges
 from anchord.config import NetworkAnchorConfig
 from anchord.lifecycle import clear_shutdown, mark_shutdown
 from anchord.logsetup import CONSOLE_ENV
-from bus.broker import prepare_run_dir
+from bus.broker import PUB_SOCKET, SUB_SOCKET, RunDirError, prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,34 @@ def supervisord_conf(env: Mapping[str, str]) -> Path:
 
 
 def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
-    prepare_run_dir(config.run_dir)
+    group = privileges.shared_group()
+    missing = privileges.missing_for_switch() if group is not None else []
+    if missing:
+        # The workers could not switch (they would not run as root instead) and supervisord
+        # could not stop them: say it once, before anything starts.
+        log.error(f"the container lacks {', '.join('CAP_' + m for m in missing)}: add "
+                  f"cap_add: [NET_ADMIN, NET_RAW, SETUID, SETGID, KILL] (bus, discovery and "
+                  f"metrics run as user {privileges.ACCOUNT!r}; see the README)",
+                  extra={"fields": {"missing": missing}})
+        return 2
+    try:
+        prepare_run_dir(config.run_dir, group)
+    except RunDirError as exc:
+        log.error(str(exc), extra={"fields": {"variable": "ANCHORD_RUN_DIR",
+                                              "value": str(config.run_dir)}})
+        return 2
+    if group is None:
+        log.warning(f"no user {privileges.ACCOUNT!r} here (the image has one): every program "
+                    "keeps root and the run directory is root's alone")
+    else:
+        log.info(f"bus, discovery and metrics run as {privileges.ACCOUNT!r}; the run directory "
+                 f"is shared with its group", extra={"fields": {
+                     "run_dir": str(config.run_dir), "gid": group}})
     clear_shutdown(config.run_dir)
+    # Sockets of a broker killed with the container: the next one (not root) could not
+    # remove root's, nor anyone's but its own in the sticky directory.
+    for name in (PUB_SOCKET, SUB_SOCKET):
+        (config.run_dir / name).unlink(missing_ok=True)
     # A readiness file of a previous start would pass for this one (see anchord.health).
     health.clear(config.run_dir)
     Path("/var/log/anchord").mkdir(parents=True, exist_ok=True)
@@ -125,8 +153,8 @@ def _stop_the_rest_in_order(workers: dict[int, str], signalled: set[str]) -> Non
             if worker == name:
                 try:
                     os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                except (ProcessLookupError, PermissionError):
+                    pass  # gone, or not ours to signal: supervisord's own stop remains
         signalled.add(name)
         return
 
@@ -214,7 +242,7 @@ def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> dict[int, str
         try:
             os.kill(pid, signal.SIGTERM)
             signalled.append(name)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             pass
     log.info("stopping workers together", extra={"fields": {
         "supervisord": supervisord_pid, "workers": sorted(signalled)}})

@@ -4,8 +4,8 @@ Owns SPEC F-6d as a LAN host sees it. The host side is made by e2e/realhost_supp
 network namespace joined to the host (root) namespace by a veth pair whose host end plays a
 real server's ``eth0.42``, with dnsmasq (DHCPv4) and a TCP/UDP listener in the LAN namespace,
 and a handle of the host's namespace (``ip netns attach``; ``/proc/1/ns/net`` on a real host).
-The project (e2e/compose/realhost/compose.yaml) is anchord with only NET_ADMIN and NET_RAW and
-``ANCHORD_VLAN_PARENT=/run/host-netns/net:<host veth>``, one service-anchor labelled
+The project (e2e/compose/realhost/compose.yaml) is anchord with only the README's capabilities
+and ``ANCHORD_VLAN_PARENT=/run/host-netns/net:<host veth>``, one service-anchor labelled
 ``anchord.expose: tcp/8080`` and an app in its namespace that answers with the peer address.
 
 Checked: the project's lease comes from the LAN namespace's dnsmasq (its hostname in the lease
@@ -93,14 +93,15 @@ def test_child_is_in_the_container_with_the_host_veth_below(realhost: RealHostPr
     host_config = anchord["HostConfig"]
     assert host_config["NetworkMode"] != "host" and not host_config["Privileged"], host_config
     caps = sorted(cap.removeprefix("CAP_") for cap in host_config["CapAdd"])
-    assert caps == ["NET_ADMIN", "NET_RAW"], host_config["CapAdd"]
+    assert caps == ["KILL", "NET_ADMIN", "NET_RAW", "SETGID", "SETUID"], host_config["CapAdd"]
     assert [cap.removeprefix("CAP_") for cap in host_config["CapDrop"]] == ["ALL"], host_config
-    # What the processes really hold: nothing beyond those two (CAP_NET_ADMIN is bit 12,
-    # CAP_NET_RAW bit 13).
+    # What the entry process really holds: nothing beyond those (CAP_KILL is bit 5, CAP_SETGID
+    # 6, CAP_SETUID 7, CAP_NET_ADMIN 12, CAP_NET_RAW 13); each program holds less
+    # (e2e/test_privileges.py).
     status = realhost.exec("anchord", "cat", "/proc/1/status")
     effective = next(line.split()[1] for line in status.splitlines()
                      if line.startswith("CapEff:"))
-    assert int(effective, 16) == (1 << 12) | (1 << 13), status
+    assert int(effective, 16) == sum(1 << cap for cap in (5, 6, 7, 12, 13)), status
     child = realhost.child_link()
     parent = realhost.lan.parent_link()
     lease = realhost.my_leases()[0]
