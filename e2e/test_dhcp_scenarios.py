@@ -329,7 +329,8 @@ def test_s6_the_address_survives_restart_recreate_and_down_up(
     testbed: Callable[[], DhcpBed], server: str, family: int
 ) -> None:
     """`compose restart anchord`, `up --force-recreate anchord`, `down` + `up` (the state
-    volume kept): the same address each time, re-requested, never acquired anew."""
+    volume kept): the same address each time, re-requested, never acquired anew; after
+    `anchord release`, a stop gives it back."""
     bed = testbed()
     lan = bed.start_lan(server, "v4" if family == 4 else "stateful")
     project = bed.start_project("web")
@@ -377,3 +378,10 @@ def test_s6_the_address_survives_restart_recreate_and_down_up(
             f"{lan.project.logs('dhcp')[-3000:]}")
         assert [lease.address for lease in lan.leases_of(hostname, family)] == [address], what
     assert_reachable(bed, project, address)
+
+    # Asked to (`anchord release`, then a stop): the lease goes back to the server.
+    out = project.exec("anchord", "anchord", "release")
+    assert "released when this container stops" in out, out
+    project.project.stop("anchord", timeout=60)
+    wait_until(lambda: not lan.leases_of(hostname, family), 10,
+               message=f"{hostname}'s IPv{family} lease gone from the server's table")
