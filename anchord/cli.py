@@ -60,12 +60,12 @@ def _learn_project() -> None:
         project = selfproject.wait_for_project(docker_host, socket.gethostname(),
                                                time.monotonic() + SELF_PROJECT_TIMEOUT)
     except selfproject.SelfUnknown as exc:
-        log.error(f"ANCHORD_PROJECT is not set and Docker did not say which Compose project "
-                  f"this container belongs to within {SELF_PROJECT_TIMEOUT:g} s: {exc}",
+        log.error("ANCHORD_PROJECT is not set and Docker did not say which Compose project "
+                  "this container belongs to within %g s: %s", SELF_PROJECT_TIMEOUT, exc,
                   extra={"fields": {"variable": "ANCHORD_PROJECT", "value": ""}})
         sys.exit(EXIT_CONFIG)
     os.environ["ANCHORD_PROJECT"] = project
-    log.info(f"project {project!r} taken from this container's Compose label",
+    log.info("project %r taken from this container's Compose label", project,
              extra={"fields": {"project": project}})
 
 
@@ -81,8 +81,8 @@ def _check_project(cfg: configmod.NetworkAnchorConfig, variable: str) -> None:
                   extra={"fields": {"why": str(exc)}})
         return
     if label != cfg.project:
-        log.error(f"{variable}={cfg.project!r} is not this container's Compose project "
-                  f"{label!r}: nothing would be exposed; set it to {label!r} or remove it",
+        log.error("%s=%r is not this container's Compose project %r: nothing would be exposed; "
+                  "set it to %r or remove it", variable, cfg.project, label, label,
                   extra={"fields": {"variable": variable, "value": cfg.project, "label": label}})
         sys.exit(EXIT_CONFIG)
 
@@ -152,16 +152,16 @@ def docker_proxy() -> None:
     env = os.environ
     upstream = env.get("DOCKER_HOST", "").strip() or configmod.DEFAULT_DOCKER_HOST
     if not upstream.startswith("unix:///"):
-        log.error(f"DOCKER_HOST={upstream!r} is invalid: expected the Docker socket "
-                  "(unix:///var/run/docker.sock) for the proxy to hold")
+        log.error("DOCKER_HOST=%r is invalid: expected the Docker socket "
+                  "(unix:///var/run/docker.sock) for the proxy to hold", upstream)
         sys.exit(EXIT_CONFIG)
     try:
         port = int(env.get("ANCHORD_PROXY_PORT", "2375"))
         if not 1 <= port <= 65535:
             raise ValueError
     except ValueError:
-        log.error(f"ANCHORD_PROXY_PORT={env.get('ANCHORD_PROXY_PORT')!r} is invalid: "
-                  "expected a port 1-65535")
+        log.error("ANCHORD_PROXY_PORT=%r is invalid: expected a port 1-65535",
+                  env.get("ANCHORD_PROXY_PORT"))
         sys.exit(EXIT_CONFIG)
     given = _given_project(env)
     if given is None:
@@ -169,8 +169,8 @@ def docker_proxy() -> None:
             project = selfproject.wait_for_project(upstream, socket.gethostname(),
                                                    time.monotonic() + SELF_PROJECT_TIMEOUT)
         except selfproject.SelfUnknown as exc:
-            log.error(f"ANCHORD_PROJECT is not set and Docker did not say which Compose "
-                      f"project this container belongs to: {exc}")
+            log.error("ANCHORD_PROJECT is not set and Docker did not say which Compose "
+                      "project this container belongs to: %s", exc)
             sys.exit(EXIT_CONFIG)
     else:
         project = given[1]

@@ -11,6 +11,7 @@ ever a hint of which container to re-read (``anchord.docker_inspect.relevant_con
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -79,17 +80,14 @@ class EventPump:
         with self._lock:
             stream = self._stream
         if stream is not None:
-            try:
+            # closing a dead stream may fail in many ways
+            with contextlib.suppress(Exception):
                 stream.close()
-            except Exception:  # noqa: BLE001 - closing a dead stream may fail in many ways
-                pass
         if started:
             self._thread.join(timeout)
         for fd in (self._rfd, self._wfd):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def drain(self) -> list[PumpReport]:
         try:
@@ -114,10 +112,9 @@ class EventPump:
             self._queue.put_nowait(report)
         except queue.Full:
             self._overflow.set()
-        try:
+        # the pipe is full (the reader is behind) or closed (stopping): fine
+        with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wfd, b"x")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (the reader is behind) or closed (stopping): fine
 
     def _run(self) -> None:
         since = time.time()
@@ -147,10 +144,9 @@ class EventPump:
                 with self._lock:
                     stream, self._stream = self._stream, None
                 if stream is not None:
-                    try:
+                    # closing a dead stream may fail in many ways
+                    with contextlib.suppress(Exception):
                         stream.close()
-                    except Exception:  # noqa: BLE001
-                        pass
                 if api is not None:
                     api.close()
             if self._stop.is_set():

@@ -110,8 +110,8 @@ def apply(program: str, docker_host: str = "") -> str:
         return "not started as root: keeps its privileges"
     found = account()
     if found is None:
-        log.warning(f"no user {ACCOUNT!r} here (the image has one): {program} keeps the "
-                    "privileges it was started with")
+        log.warning("no user %r here (the image has one): %s keeps the privileges it was "
+                    "started with", ACCOUNT, program)
         return "no account: keeps its privileges"
     if program in UNPRIVILEGED:
         groups = []

@@ -11,6 +11,7 @@ deadline bounds the stop so it always fits in Docker's grace period.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -60,9 +61,9 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
     if missing:
         # The workers could not switch (they would not run as root instead) and supervisord
         # could not stop them: say it once, before anything starts.
-        log.error(f"the container lacks {', '.join('CAP_' + m for m in missing)}: add "
-                  f"cap_add: [NET_ADMIN, NET_RAW, SETUID, SETGID, KILL] (bus, discovery and "
-                  f"metrics run as user {privileges.ACCOUNT!r}; see the README)",
+        log.error("the container lacks %s: add cap_add: [NET_ADMIN, NET_RAW, SETUID, SETGID, "
+                  "KILL] (bus, discovery and metrics run as user %r; see the README)",
+                  ", ".join("CAP_" + m for m in missing), privileges.ACCOUNT,
                   extra={"fields": {"missing": missing}})
         return 2
     try:
@@ -72,11 +73,11 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
                                               "value": str(config.run_dir)}})
         return 2
     if group is None:
-        log.warning(f"no user {privileges.ACCOUNT!r} here (the image has one): every program "
-                    "keeps root and the run directory is root's alone")
+        log.warning("no user %r here (the image has one): every program keeps root and the "
+                    "run directory is root's alone", privileges.ACCOUNT)
     else:
-        log.info(f"bus, discovery and metrics run as {privileges.ACCOUNT!r}; the run directory "
-                 f"is shared with its group", extra={"fields": {
+        log.info("bus, discovery and metrics run as %r; the run directory is shared with its "
+                 "group", privileges.ACCOUNT, extra={"fields": {
                      "run_dir": str(config.run_dir), "gid": group}})
     clear_shutdown(config.run_dir)
     # Sockets of a broker killed with the container: the next one (not root) could not
@@ -151,10 +152,9 @@ def _stop_the_rest_in_order(workers: dict[int, str], signalled: set[str]) -> Non
             return  # something that must go first is still there
         for pid, worker in workers.items():
             if worker == name:
-                try:
+                # gone, or not ours to signal: supervisord's own stop remains
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    pass  # gone, or not ours to signal: supervisord's own stop remains
         signalled.add(name)
         return
 
@@ -192,10 +192,9 @@ def _poke(run_dir: Path) -> None:
     cut it short (Python retries the poll). Any request on its socket does. At a start that
     second comes before the first program is spawned; at a stop, after each exit.
     """
-    try:
+    # a fault (SHUTDOWN_STATE while stopping) is an answer: the loop turned
+    with contextlib.suppress(OSError, xmlrpc.client.Error):
         _rpc(run_dir).supervisor.getState()
-    except (OSError, xmlrpc.client.Error):
-        pass  # a fault (SHUTDOWN_STATE while stopping) is an answer: the loop turned
 
 
 def _wake_at_start(run_dir: Path, proc: subprocess.Popen[bytes], limit: float = 5.0) -> None:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, NFCTSocket
 
@@ -42,7 +43,7 @@ def add_target(ct: NFCTSocket, i: int) -> None:
 
 
 def main() -> None:
-    buckets = open("/proc/sys/net/netfilter/nf_conntrack_buckets").read().strip()
+    buckets = Path("/proc/sys/net/netfilter/nf_conntrack_buckets").read_text().strip()
     print(f"# conntrack hash buckets (global, all namespaces): {buckets}")
     with topology("bc") as topo:
         anchor, peer = topo.netns("anc"), topo.netns("peer")

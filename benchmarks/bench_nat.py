@@ -105,7 +105,8 @@ def apply_one(ns: Netns, n: int) -> None:
             start = time.perf_counter()
             r = t.apply(toggle[i % 2])
             samples.append(time.perf_counter() - start)
-            assert r.ok and r.changed == 1, r
+            assert r.ok, r
+            assert r.changed == 1, r
         t.delete()
         t.close()
     line(f"apply, {n:>6} entries", samples)
@@ -173,7 +174,8 @@ def bus_round_trip(ns: Netns) -> None:
                                 if isinstance(ev, NatApplied) and ev.generation == gen:
                                     got = ev
                                     break
-                        assert got is not None and got.ok, f"no NatApplied for {gen}"
+                        assert got is not None, f"no NatApplied for {gen}"
+                        assert got.ok, f"no NatApplied for {gen}"
                         if i:  # the first one loads the table
                             samples.append(time.time() - t0)
                     line(f"publish -> NatApplied, {n:>6} entries", samples)

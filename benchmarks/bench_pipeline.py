@@ -143,7 +143,8 @@ def run_size(size: int, rounds: int) -> dict[str, list[float]]:
         got = timed("decode+validate", codec.decode, frames).event
         result = timed("nat apply (python)", tables.apply_groups, got.groups)
         stages["total"].append(CLOCK() - t0)
-        assert result.ok and result.changed == 1, result
+        assert result.ok, result
+        assert result.changed == 1, result
     return stages
 
 

@@ -220,7 +220,7 @@ def json_log_lines(text: str) -> list[dict[str, Any]]:
             obj = json.loads(line)
         except ValueError:
             continue  # e.g. the first line of a `supervisorctl tail`, cut mid-object
-        if isinstance(obj, dict) and LOG_KEYS <= obj.keys():
+        if isinstance(obj, dict) and obj.keys() >= LOG_KEYS:
             found.append(obj)
     return found
 

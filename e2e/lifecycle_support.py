@@ -273,7 +273,8 @@ class LoadClient:
 
     def finish(self, timeout: float = 30.0) -> LoadReport:
         """Close the script's stdin (it stops) and parse its report."""
-        assert self.proc.stdin is not None and self.proc.stderr is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stderr is not None
         self.proc.stdin.close()
         self.proc.wait(timeout=timeout)
         self._reader.join(timeout)

@@ -18,6 +18,7 @@ the host, the host end has no address (and IPv6 off, so the host stays silent on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -73,10 +74,8 @@ def remove_stale() -> None:
 
 def _kill_ns_processes(ns: str) -> None:
     for pid in ip("netns", "pids", ns, check=False).split():
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), 9)
-        except (ProcessLookupError, ValueError):
-            pass
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -113,11 +113,14 @@ def test_inspect_of_another_project_is_not_found(proxied: Proxied) -> None:
 def test_inspect_of_the_project_has_no_environment_and_no_mounts(proxied: Proxied) -> None:
     status, body = _get(proxied.port, f"/v1.41/containers/{proxied.mine}/json")
     assert status == 200, body
-    assert SECRET.encode() not in body and b"/host-hostname" not in body
+    assert SECRET.encode() not in body
+    assert b"/host-hostname" not in body
     doc = json.loads(body)
-    assert "Env" not in doc["Config"] and "Mounts" not in doc
+    assert "Env" not in doc["Config"]
+    assert "Mounts" not in doc
     assert doc["Config"]["Labels"]["com.docker.compose.project"] == proxied.project
-    assert "NetworkSettings" in doc and "State" in doc
+    assert "NetworkSettings" in doc
+    assert "State" in doc
 
 
 @pytest.mark.parametrize(("method", "path"), [

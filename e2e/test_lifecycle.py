@@ -115,7 +115,8 @@ def test_s10_restart_every_program_under_load_drops_nothing(
             stack.project.exec("anchord", "supervisorctl", "restart", program)
             print(f"{program}: supervisorctl restart took {ls.now() - started:.2f}s")
             after = supervisor_pid(supervisorctl_status(stack), program)
-            assert after is not None and after != before, (program, before, after)
+            assert after is not None, (program, before, after)
+            assert after != before, (program, before, after)
             wait_until(
                 lambda: worker_adopted(stack, program, after),  # noqa: B023 - called at once
                 20,
@@ -142,7 +143,8 @@ def test_s10_restart_every_program_under_load_drops_nothing(
         f"{ {p: round(e - s, 2) for p, (s, e) in windows.items()} }"
     )
     assert report.stream_error is None, report.stream_error
-    assert report.stream_last is not None and report.stream_last > last_end, report
+    assert report.stream_last is not None, report
+    assert report.stream_last > last_end, report
     assert report.failed == [], report.failed[:10]
     # Traffic really flowed while each program restarted.
     assert all(n > 0 for n in per_window.values()), per_window

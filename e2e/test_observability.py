@@ -21,6 +21,7 @@ All traffic stays on the project's two ``internal: true`` bridges.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
@@ -205,7 +206,8 @@ def test_metrics_health_and_readiness_scraped_from_another_container(stack: Stac
         message="an ipv4 lease and web-anchor's DNAT entries in the scraped metrics",
     )
     info = [labels for (name, labels) in found if name == "anchord_build_info"]
-    assert len(info) == 1 and dict(info[0])["role"] == "network-anchor", info
+    assert len(info) == 1, info
+    assert dict(info[0])["role"] == "network-anchor", info
     assert value(found, "anchord_ready") == 1.0
     for worker in WORKERS:
         assert value(found, "anchord_worker_up", worker=worker) == 1.0, worker
@@ -372,15 +374,14 @@ def test_series_unchanged_after_100_containers_came_and_went(stack: Stack) -> No
     took = time.monotonic() - started
     settled = {key: v for key, v in before.items() if key[0] in SETTLED_GAUGES}
     back: Samples | None = None
-    try:
+    # the assertions below say what differs
+    with contextlib.suppress(TimeoutError):
         back = wait_until(
             lambda: gauges_back(stack, settled),
             30,
             interval=0.5,
             message="the gauges back at their values before",
         )
-    except TimeoutError:
-        pass  # the assertions below say what differs
     after = back if back is not None else scrape(stack)
     per_name = {name: n for name, n in Counter(name for name, _ in before).items()}
     print(

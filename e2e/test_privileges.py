@@ -102,8 +102,8 @@ def test_programs_hold_only_what_they_need(compose: ComposeFactory) -> None:
     # The entry process and supervisord: root with what the container grants (they start
     # the programs as root and stop the unprivileged ones).
     entry = proc_status(project, 1)
-    assert entry["Uid"].split() == ["0"] * 4 and int(entry["CapEff"], 16) == CONTAINER_CAPS, \
-        entry
+    assert entry["Uid"].split() == ["0"] * 4, entry
+    assert int(entry["CapEff"], 16) == CONTAINER_CAPS, entry
 
     # The run directory: root's and the group's alone (sticky); the broker's sockets and the
     # readiness file belong to the unprivileged user and are open to root as "other".
@@ -121,11 +121,13 @@ def test_programs_hold_only_what_they_need(compose: ComposeFactory) -> None:
     tcp = project.exec(SERVICE, "cat", "/proc/net/tcp").stdout.splitlines()[1:]
     listeners = [row.split() for row in tcp if row.split()[1] == "0100007F:2382"
                  and row.split()[3] == "0A"]
-    assert listeners and all(row[7] == str(UID) for row in listeners), tcp
+    assert listeners, tcp
+    assert all(row[7] == str(UID) for row in listeners), tcp
 
     # What an operator runs through `docker exec` (root without CAP_DAC_OVERRIDE) works.
     status = json.loads(project.exec(SERVICE, "anchord", "status", "--json").stdout)
-    assert status["reachable"] and not status["errors"], status
+    assert status["reachable"], status
+    assert not status["errors"], status
     assert {"discovery", "dhcp", "nat-writer", "conntrack-flusher", "metrics"} <= set(
         status["workers"]), status
 
@@ -151,5 +153,6 @@ def test_programs_hold_only_what_they_need(compose: ComposeFactory) -> None:
                 if line["message"] == "stopping workers together"]
     assert together == [["conntrack-flusher", "dhcp", "discovery", "metrics"]], lines
     stopped = [line["fields"]["seconds"] for line in lines if line["message"] == "anchord stopped"]
-    assert len(stopped) == 1 and stopped[0] < 5, lines
+    assert len(stopped) == 1, lines
+    assert stopped[0] < 5, lines
     figure(f"least privilege: the container stop took {stopped[0]:.2f} s (entry process's log)")

@@ -286,7 +286,8 @@ def test_realhost_example_egress_leaves_with_the_project_address(
                                   message="a SLAAC address for the project")
     result = example.app_query(proto, target, LISTEN_PORT)
     reply = result.get("reply")
-    assert isinstance(reply, dict) and (reply["service"], reply["peer"]) == ("lan", mine), result
+    assert isinstance(reply, dict), result
+    assert (reply["service"], reply["peer"]) == ("lan", mine), result
 
 
 def test_realhost_example_lan_gets_no_arp_answer_for_internal_addresses(example: Example) -> None:
@@ -318,7 +319,8 @@ def _status_json(ex: Example) -> None:
 
 def _status_text(ex: Example) -> None:
     out = ex.sh("docker compose exec anchord anchord status")
-    assert ex.address in out and "smtp-anchor" in out, out
+    assert ex.address in out, out
+    assert "smtp-anchor" in out, out
 
 
 def _supervisor_status(ex: Example) -> None:

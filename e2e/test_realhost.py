@@ -73,7 +73,8 @@ def test_lease_comes_from_the_host_lans_dhcp_server(realhost: RealHostProject) -
     mine = realhost.my_leases()
     assert len(mine) == 1, realhost.lan.leases()
     lease = mine[0]
-    assert lease.address == realhost.address and lease.address.startswith(f"{LAN_PREFIX}."), mine
+    assert lease.address == realhost.address, mine
+    assert lease.address.startswith(f"{LAN_PREFIX}."), mine
     assert lease.identifier.startswith("02:42:"), mine  # the project's MAC (SPEC F-2)
     log = realhost.lan.dnsmasq_log()
     assert f"DHCPACK({realhost.lan.lan_iface}) {lease.address} {lease.identifier} " \
@@ -91,7 +92,8 @@ def test_lease_comes_from_the_host_lans_dhcp_server(realhost: RealHostProject) -
 def test_child_is_in_the_container_with_the_host_veth_below(realhost: RealHostProject) -> None:
     anchord = realhost.project.inspect("anchord")
     host_config = anchord["HostConfig"]
-    assert host_config["NetworkMode"] != "host" and not host_config["Privileged"], host_config
+    assert host_config["NetworkMode"] != "host", host_config
+    assert not host_config["Privileged"], host_config
     caps = sorted(cap.removeprefix("CAP_") for cap in host_config["CapAdd"])
     assert caps == ["KILL", "NET_ADMIN", "NET_RAW", "SETGID", "SETUID"], host_config["CapAdd"]
     assert [cap.removeprefix("CAP_") for cap in host_config["CapDrop"]] == ["ALL"], host_config
@@ -182,7 +184,8 @@ def test_transit_gateway_is_anchords_and_the_host_has_no_address_there(
     assert reply(result)["peer"] == realhost.address, result
     # anchord itself routes only through its child: no default route via the transit network.
     routes = realhost.exec("anchord", "ip", "-4", "route", "show", "default")
-    assert routes.count("default") == 1 and "anchord-ext" in routes, routes
+    assert routes.count("default") == 1, routes
+    assert "anchord-ext" in routes, routes
 
 
 def test_a_project_variable_naming_another_project_is_refused(
@@ -276,7 +279,8 @@ def test_a_restarted_service_anchor_is_exposed_without_waiting_for_its_healthche
     harness.figure(f"real host: service-anchor restart: tcp/8080 answered "
                    f"{answered - running:.2f}s after anchor and app ran again (its health: "
                    f"{health})")
-    assert result and answered - running < 3.0, (answered - running, health)
+    assert result, (answered - running, health)
+    assert answered - running < 3.0, (answered - running, health)
 
 
 def test_compose_restart_keeps_the_address_and_inbound_comes_back(

@@ -100,7 +100,8 @@ def test_json_logs_reach_compose_logs_and_supervisorctl_tail(compose: ComposeFac
     workers_seen = {o["worker"] for o in json_log_lines(project.logs(SERVICE))}
     assert "bus" in workers_seen, f"no JSON line from the bus in compose logs: {workers_seen}"
     for obj in console:
-        assert isinstance(obj["time"], str) and obj["time"], obj
+        assert isinstance(obj["time"], str), obj
+        assert obj["time"], obj
         assert obj["level"] in {"debug", "info", "warning", "warn", "error", "critical"}, obj
         assert isinstance(obj["message"], str), obj
 

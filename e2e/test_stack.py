@@ -182,7 +182,8 @@ def test_f20_status_json_shows_lease_ports_and_running_workers(
     lease4 = status["leases"]["ipv4"]
     assert lease4["address"].split("/")[0] == v4, lease4
     assert lease4["hostname"] == stack.hostname, lease4
-    assert lease4["source"] == "dhcp" and 0 < lease4["remaining"] <= lease4["lease_time"], lease4
+    assert lease4["source"] == "dhcp", lease4
+    assert 0 < lease4["remaining"] <= lease4["lease_time"], lease4
     assert status["leases"]["ipv6"]["address"].split("/")[0] == v6, status["leases"]
     ports = _ports(status)
     expected = {(4, "tcp", 8080, 8080, "web-anchor"), (4, "udp", 8080, 8080, "web-anchor"),

@@ -12,7 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -78,10 +78,8 @@ class Netns:
         # Kill what still runs inside, then drop the namespace.
         pids = sh("ip", "netns", "pids", self.name, check=False).split()
         for pid in pids:
-            try:
+            with suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), 9)
-            except (ProcessLookupError, ValueError):
-                pass
         # Reap what popen() started, even after a failed test: an unreaped Popen would be
         # reported ("subprocess N is still running") in whichever later test collects it.
         for proc in self.procs:

@@ -424,10 +424,10 @@ class Discovery:
         if not facts.internal and self._open_transit_warned != transit:
             self._open_transit_warned = transit
             log.warning(
-                f"transit network {transit} is not internal and its bridge carries the host's "
+                "transit network %s is not internal and its bridge carries the host's "
                 "address: a container that has not yet routed through anchord can reach the "
-                f"host and leave through Docker's NAT; set {INHIBIT_IPV4_OPTION}: \"true\" "
-                "on it (see the README)", extra={"fields": {"network": transit}})
+                "host and leave through Docker's NAT; set %s: \"true\" on it (see the README)",
+                transit, INHIBIT_IPV4_OPTION, extra={"fields": {"network": transit}})
         return ()
 
     def _rebuild(self, cause: str) -> None:
@@ -458,7 +458,7 @@ class Discovery:
         if (transit, reason) != self._transit:
             self._transit = (transit, reason)
             if transit:
-                log.info(f"transit network is {transit}", extra={"fields": {
+                log.info("transit network is %s", transit, extra={"fields": {
                     "network": transit, "why": reason, "address": self_v4,
                     "address6": self_v6}})
             else:
@@ -503,7 +503,7 @@ class Discovery:
             "rejections": len(table.rejections)}})
         for r in table.rejections:
             if r not in old:
-                log.warning(f"rejected: {r.reason}", extra={"fields": {
+                log.warning("rejected: %s", r.reason, extra={"fields": {
                     "container": r.container, "kind": r.kind}})
 
 

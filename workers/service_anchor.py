@@ -21,6 +21,7 @@ Behaviour worth knowing:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -145,10 +146,9 @@ class Lookups:
 
     def _run(self, family: int) -> None:
         self._results.put(self._resolver(self._host, family))
-        try:
+        # full or closed: the loop's timeout picks the result up anyway
+        with contextlib.suppress(OSError):
             os.write(self._wake_fd, b"r")
-        except OSError:  # full or closed: the loop's timeout picks the result up anyway
-            pass
 
     def results(self) -> list[Resolution]:
         done: list[Resolution] = []
@@ -268,10 +268,8 @@ class HealthFile:
         self._written_at = now
 
     def remove(self) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 @dataclass
@@ -468,9 +466,7 @@ def _loop(stop: _Stop, keeper: RouteKeeper, lookups: Lookups, wake_r: int) -> No
             next_refresh = now + HEALTH_REFRESH
         wake_at = min([next_refresh, *(st.due for st in keeper.states.values())])
         select.select([wake_r], [], [], max(0.0, wake_at - time.monotonic()))
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.read(wake_r, 512)
-        except BlockingIOError:
-            pass
         for res in lookups.results():
             keeper.handle(res)

@@ -9,6 +9,7 @@ its next tick.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
@@ -51,14 +52,11 @@ def remove_address(ipr: IPRoute, index: int, address: str, prefixlen: int,
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     if router:
         dst = "::/0" if family == socket.AF_INET6 else "0.0.0.0/0"
-        try:
+        # gone with the address already, or never installed
+        with contextlib.suppress(NetlinkError):
             ipr.route("del", dst=dst, gateway=router, oif=index, family=family)
-        except NetlinkError:
-            pass  # gone with the address already, or never installed
-    try:
+    with contextlib.suppress(NetlinkError):
         ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
-    except NetlinkError:
-        pass
 
 
 def has_address(ipr: IPRoute, index: int, address: str) -> bool:

@@ -288,10 +288,9 @@ class V6Client:
             self.rs.sent_one(now)
         if now < self.timer:
             return
-        if self.lease is not None and self.state in HOLDS_LEASE:
-            if now >= self._deadlines()[2]:
-                self._expire(now)
-                return
+        if self.lease is not None and self.state in HOLDS_LEASE and now >= self._deadlines()[2]:
+            self._expire(now)
+            return
         if self.state == S.IDLE:
             self.timer = now + 3600
         elif self.state == S.SOLICITING:
@@ -506,7 +505,8 @@ class V6Client:
                             pause=True)
 
     def _lease_from(self, reply: object, pick: object) -> StoredLease:
-        assert isinstance(reply, self.p6.Reply6) and isinstance(pick, self.p6.IaAddress)
+        assert isinstance(reply, self.p6.Reply6)
+        assert isinstance(pick, self.p6.IaAddress)
         valid, preferred = float(pick.valid), float(min(pick.preferred, pick.valid))
         t1, t2 = float(reply.t1), float(reply.t2)
         # RFC 8415 21.4: T1/T2 of 0 leave the timing to the client; never send at once.

@@ -11,6 +11,7 @@ test reads exactly what the worker told the bus.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -325,10 +326,9 @@ class Capture:
         out = []
         for line in self.text().splitlines():
             head = line.split(" ", 1)
-            try:
+            # a continuation line of -vv, or tcpdump's own messages
+            with contextlib.suppress(ValueError):
                 out.append((float(head[0]), line))
-            except ValueError:
-                pass  # a continuation line of -vv, or tcpdump's own messages
         return out
 
     def stop(self) -> None:
@@ -386,10 +386,9 @@ class Worker:
     def published(self) -> list[dict[str, Any]]:
         out = []
         for line in self.events.read_text().splitlines():
-            try:
+            # a line being written right now
+            with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
-            except ValueError:
-                pass  # a line being written right now
         return out
 
     def lease(self, family: int) -> dict[str, Any] | None:
@@ -434,7 +433,7 @@ class FileBus:
     """The BusClient contract, publishing to a JSON-lines file (tests read it)."""
 
     def __init__(self, path: Path, inbox: Sequence[Any] = ()) -> None:
-        self.fh = open(path, "a", buffering=1)
+        self.fh = open(path, "a", buffering=1)  # noqa: SIM115 - kept open for the bus's life
         self.ready_fds: set[int] = set()
         self.watched: set[int] = set()
         self.state: Callable[[], Sequence[Any]] = lambda: ()
@@ -539,7 +538,7 @@ def _fuzz_main(mac: str, count: int, seed: int) -> int:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
     sock.bind(("eth0", 0))
     sock.settimeout(1.0)
-    own = open("/sys/class/net/eth0/address").read().strip()
+    own = Path("/sys/class/net/eth0/address").read_text().strip()
     src_ll = "fe80::99"
 
     def sniff(pred: Callable[[bytes], int | None], timeout: float = 20) -> int:

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -169,15 +169,11 @@ class Project:
 
     def close(self) -> None:
         for cid in reversed(self.containers):
-            try:
+            with suppress(docker.errors.NotFound):
                 self.api.remove_container(cid, force=True)
-            except docker.errors.NotFound:
-                pass
         for nid in self.networks:
-            try:
+            with suppress(docker.errors.NotFound):
                 self.api.remove_network(nid)
-            except docker.errors.NotFound:
-                pass
 
 
 @contextmanager
@@ -212,10 +208,8 @@ class SocketProxy:
 
     def stop(self) -> None:
         if self.proc is not None:
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(5)
             self.proc = None
         self.path.unlink(missing_ok=True)

@@ -29,5 +29,6 @@ def test_promtool_accepts_the_rules() -> None:
 def test_the_dashboard_is_grafana_json_with_prometheus_queries() -> None:
     dash = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
-    assert exprs and all("anchord_" in e for e in exprs)
+    assert exprs
+    assert all("anchord_" in e for e in exprs)
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])

@@ -91,7 +91,8 @@ def test_lease_reaches_a_subscriber_and_is_republished_on_hello(bed: Lan) -> Non
             return found[-1] if found else None
         first = wait_until(lease, 20, what="LeaseChanged on the bus")
         assert first.lease.address.startswith(f"{LAN_V4}.")
-        assert first.lease.hostname == "proj-bus" and first.lease.source == "dhcp"
+        assert first.lease.hostname == "proj-bus"
+        assert first.lease.source == "dhcp"
         assert any(isinstance(e, LinkChanged) and e.up and e.mac == MAC for e in seen)
     # A subscriber that starts later gets the whole state at once (Hello -> republish).
     seen.clear()

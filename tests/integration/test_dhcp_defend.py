@@ -137,12 +137,15 @@ def test_a_second_host_claiming_the_address_is_defended_then_wins(bed: Lan) -> N
     wait_until(lambda: "giving the address up" in worker.log_text(), 5, what="giving up")
     wait_until(lambda: address not in worker.addresses(4), 5, what="the address removed")
     lost = [ev["data"] for ev in worker.published() if ev["topic"] == "LeaseLost/"]
-    assert lost and lost[-1]["address"] == address and lost[-1]["reason"] == "conflict"
+    assert lost
+    assert lost[-1]["address"] == address
+    assert lost[-1]["reason"] == "conflict"
     wait_until(lambda: _outcomes(worker).get("defend_lost") == 1, 10, what="the counter")
     assert _outcomes(worker).get("defended") == 1
     # Configuration restarted: the offered X is probed, the intruder answers, DECLINE, and
     # after DECLINE_WAIT another address.
     new = worker.wait_lease(4, timeout=30, pred=lambda lease: lease["lease"]["address"] != address)
     assert worker.addresses(4) == [new["lease"]["address"]]
-    assert "DHCPDECLINE" in dns.lines() and ip in dns.lines().split("DHCPDECLINE", 1)[1]
+    assert "DHCPDECLINE" in dns.lines()
+    assert ip in dns.lines().split("DHCPDECLINE", 1)[1]
     assert worker.stop() == 0

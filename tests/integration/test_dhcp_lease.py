@@ -35,7 +35,9 @@ def test_kea_renews_at_t1_with_hostname(bed: Lan) -> None:
     kea = Kea4(bed, server, "kea", valid=20, renew=6, rebind=15)
     worker = Worker(bed).start()
     first = worker.wait_lease(4)["lease"]
-    assert first["t1"] == 6 and first["t2"] == 15 and first["lease_time"] == 20
+    assert first["t1"] == 6
+    assert first["t2"] == 15
+    assert first["lease_time"] == 20
     assert first["gateway"] == f"{LAN_V4}.1"
     wait_until(lambda: "proj-one" in kea.leases.read_text(), 5, what="hostname in kea leases")
     # At T1 a unicast REQUEST renews it: same address, a later expiry.
@@ -44,7 +46,8 @@ def test_kea_renews_at_t1_with_hostname(bed: Lan) -> None:
     assert renewed["lease"]["address"] == first["address"]
     bound = _transition_times(worker, r"-> bound")
     renewing = _transition_times(worker, r"bound -> renewing")
-    assert len(bound) >= 2 and renewing
+    assert len(bound) >= 2
+    assert renewing
     assert 5.0 <= renewing[0] - bound[0] <= 7.5, (bound, renewing)
     assert worker.addresses(4) == [first["address"]]
 
@@ -114,7 +117,8 @@ def test_parent_down_up_and_deleted_recreated(bed: Lan) -> None:
     wait_until(lambda: worker.addresses(4) == [address], 10, what="child and address back")
     assert time.monotonic() - t0 < 6
     wait_until(lambda: link_up(True), 5, what="link up published again")
-    assert worker.proc is not None and worker.proc.poll() is None
+    assert worker.proc is not None
+    assert worker.proc.poll() is None
 
 
 def test_lease_rotation_moves_to_the_new_address_without_restart(bed: Lan) -> None:
@@ -124,7 +128,8 @@ def test_lease_rotation_moves_to_the_new_address_without_restart(bed: Lan) -> No
     dns = Dnsmasq(bed, server, "dnsmasq", *timers, first=160, last=160)
     worker = Worker(bed).start()
     first = worker.wait_lease(4)["lease"]
-    assert first["address"] == f"{LAN_V4}.160/24" and first["t1"] == 4
+    assert first["address"] == f"{LAN_V4}.160/24"
+    assert first["t1"] == 4
     # The server is reconfigured: the old address is no longer in its range.
     dns.stop()
     Dnsmasq(bed, server, "dnsmasq2", *timers, "--dhcp-authoritative", first=180, last=180)
@@ -135,6 +140,8 @@ def test_lease_rotation_moves_to_the_new_address_without_restart(bed: Lan) -> No
     assert worker.addresses(4) == [f"{LAN_V4}.180/24"]
     assert f"default via {LAN_V4}.1 dev anchord-ext" in bed.anchor.run("ip", "-4", "route")
     lost = [e["data"] for e in worker.published() if e["topic"] == "LeaseLost/"]
-    assert lost and lost[-1]["address"] == first["address"]  # for the conntrack flusher
-    assert worker.proc is not None and worker.proc.poll() is None
+    assert lost
+    assert lost[-1]["address"] == first["address"]
+    assert worker.proc is not None
+    assert worker.proc.poll() is None
     server.run("ping", "-c1", "-W2", f"{LAN_V4}.180")

@@ -30,7 +30,8 @@ def test_malformed_corpus_and_mutations_never_crash(bed: Lan, seed: int) -> None
                       "400", str(seed), timeout=60)
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["sent"] > 400
-    assert worker.proc is not None and worker.proc.poll() is None, worker.log_text()[-3000:]
+    assert worker.proc is not None, worker.log_text()[-3000:]
+    assert worker.proc.poll() is None, worker.log_text()[-3000:]
     log = worker.log_text()
     assert "Traceback" not in log
     # Every bad frame was dropped with a reason (debug lines), none was bound.

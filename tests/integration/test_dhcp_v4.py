@@ -44,13 +44,15 @@ def test_dnsmasq_v4_bound_with_hostname_route_and_mac(bed: Lan) -> None:
     worker = Worker(bed, hostname="proj-one").start()
     lease = worker.wait_lease(4)["lease"]
     address = lease["address"]
-    assert address.startswith(f"{LAN_V4}.") and address.endswith("/24")
+    assert address.startswith(f"{LAN_V4}.")
+    assert address.endswith("/24")
     assert lease["gateway"] == f"{LAN_V4}.1"
     assert worker.addresses(4) == [address]
     route = bed.anchor.run("ip", "-4", "route", "show", "default")
     assert f"via {LAN_V4}.1 dev anchord-ext" in route
     link = bed.anchor.run("ip", "-d", "link", "show", "anchord-ext")
-    assert MAC in link and "macvlan mode bridge" in link
+    assert MAC in link
+    assert "macvlan mode bridge" in link
     # The server knows us by the hostname and the client id derived from the MAC.
     wait_until(lambda: "proj-one" in dns.leases.read_text(), 5, what="hostname in leases")
     assert f"01:{MAC}" in dns.leases.read_text()
@@ -129,7 +131,8 @@ def test_no_server_keeps_trying_with_backoff(bed: Lan) -> None:
     server = bed.server_ns("srv", 1)
     Dnsmasq(bed, server, "dnsmasq")
     worker.wait_lease(4, timeout=10)
-    assert worker.proc is not None and worker.proc.poll() is None
+    assert worker.proc is not None
+    assert worker.proc.poll() is None
 
 
 def test_parent_named_by_compose_network_resolved_by_mac(bed: Lan) -> None:
@@ -150,7 +153,8 @@ def test_parent_named_by_compose_network_resolved_by_mac(bed: Lan) -> None:
     worker.wait_lease(4)
     assert "@eth3" in bed.anchor.run("ip", "link", "show", "anchord-ext")
     links = [e["data"] for e in worker.published() if e["topic"] == "LinkChanged/"]
-    assert links[-1]["parent"] == "eth3" and links[-1]["up"]
+    assert links[-1]["parent"] == "eth3"
+    assert links[-1]["up"]
 
 
 def open_mac(bed: Lan, ifname: str) -> str:
@@ -167,7 +171,8 @@ def test_parent_in_the_host_namespace_f6d(bed: Lan) -> None:
     worker = Worker(bed, parent=f"{host.path}:hlan0").start()
     lease = worker.wait_lease(4)["lease"]
     link = bed.anchor.run("ip", "-d", "link", "show", "anchord-ext")
-    assert f"link-netns {host.name}" in link and "macvlan mode bridge" in link
+    assert f"link-netns {host.name}" in link
+    assert "macvlan mode bridge" in link
     assert "hlan0" not in bed.anchor.run("ip", "link", "show")  # the parent stays on the host
     wait_until(lambda: "proj-one" in dns.leases.read_text(), 5, what="hostname in leases")
     server.run("ping", "-c1", "-W2", lease["address"].split("/")[0])

@@ -51,7 +51,8 @@ def test_stateful_dhcpv6_dnsmasq_renew_restart_stop_release(bed: Lan) -> None:
     v6 = worker.wait_lease(6, timeout=20, pred=lambda e: e["lease"]["source"] == "dhcpv6")
     lease = v6["lease"]
     address = lease["address"].split("/")[0]
-    assert lease["address"].endswith("/128") and address.startswith(LAN_V6)
+    assert lease["address"].endswith("/128")
+    assert address.startswith(LAN_V6)
     assert int(address.rsplit(":", 1)[1], 16) in range(0x100, 0x200)
     assert f"{address}/128" in worker.addresses(6)
     worker.wait_lease(4)  # both families from the same server, independently

@@ -74,7 +74,8 @@ def test_sees_its_own_project_only_and_reports_transit(proj: Project,
         assert nm is not None
         lan_att = next(n for n in nm.networks if n.alias == "lan")
         mine = api.inspect_container(me)["NetworkSettings"]["Networks"]
-        assert lan_att.network == lan and lan_att.mac == mine[lan]["MacAddress"]
+        assert lan_att.network == lan
+        assert lan_att.mac == mine[lan]["MacAddress"]
         assert {n.alias for n in nm.networks} == {"lan", "transit"}
         assert drv.discovery.conditions()[0].ok
         assert drv.discovery.counters().connected
@@ -103,7 +104,8 @@ def test_follows_restarts_and_address_changes(proj: Project, api: docker.APIClie
 
         api.stop(web)  # SIGKILL stop signal: immediate
         drv.wait(lambda d: d.entries == (), timeout=2, what="web gone after stop")
-        assert drv.desired.cause == "event" and drv.desired.event_time > 0  # type: ignore[union-attr]
+        assert drv.desired.cause == "event"  # type: ignore[union-attr]
+        assert drv.desired.event_time > 0  # type: ignore[union-attr]
         assert drv.desired.generation > gen  # type: ignore[union-attr]
         api.start(web)
         drv.wait(lambda d: by_container(d).get(name) == {
@@ -160,8 +162,10 @@ def test_conflict_first_created_keeps_the_port(proj: Project, api: docker.APICli
         assert by_container(d) == {n1: {(4, "tcp", 25, 25, proj.address(first, transit))},
                                    n2: {(4, "tcp", 587, 587, proj.address(second, transit))}}
         (r,) = d.rejections
-        assert r.kind == "conflict" and r.container == n2
-        assert "tcp/25" in r.reason and n1 in r.reason
+        assert r.kind == "conflict"
+        assert r.container == n2
+        assert "tcp/25" in r.reason
+        assert n1 in r.reason
         # Restarting the loser (the latest writer) changes nothing: no last-writer-wins.
         api.restart(second, timeout=0)
         wait_until(lambda: api.inspect_container(second)["State"]["Running"], timeout=5)
@@ -254,4 +258,6 @@ def test_no_answer_at_start_is_not_ready_and_publishes_nothing(proj: Project) ->
             wait_until(lambda: drv.discovery.errors >= 3, timeout=10, what="failed attempts")
             assert drv.desired is None
             (cond,) = drv.discovery.conditions()
-            assert cond.key == "docker" and not cond.ok and "nothing.sock" in cond.detail
+            assert cond.key == "docker"
+            assert not cond.ok
+            assert "nothing.sock" in cond.detail

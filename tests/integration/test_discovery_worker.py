@@ -141,7 +141,8 @@ def test_worker_publishes_table_network_map_and_status(
         d = bus.wait_desired(lambda d: len(d.entries) == 1, timeout=10, what="first table")
         (e,) = d.entries
         assert (e.proto, e.first, e.address) == ("tcp", 443, proj.address(web, transit))
-        assert d.transit_network == transit and d.transit_v4 == proj.address(me, transit)
+        assert d.transit_network == transit
+        assert d.transit_v4 == proj.address(me, transit)
         nm = wait_until(lambda: bus.latest_of(NetworkMap), timeout=5)
         assert isinstance(nm, NetworkMap)
         mine = api.inspect_container(me)["NetworkSettings"]["Networks"]
@@ -156,14 +157,16 @@ def test_worker_publishes_table_network_map_and_status(
         # A new labelled container shows up through the event stream within a second.
         mail = proj.container("mail", networks=(transit,), expose="tcp/25")
         d2 = bus.wait_desired(lambda d: len(d.entries) == 2, timeout=1, what="mail")
-        assert d2.generation > d.generation and d2.cause == "event"
+        assert d2.generation > d.generation
+        assert d2.cause == "event"
         assert proj.address(mail, transit) in {x.address for x in d2.entries}
 
         # A restart of the worker: exit 0, and the next one republishes the same table with
         # a higher generation (it starts from nothing, the nat-writer must not see it older).
         code, out = worker.stop()
         assert code == 0, out
-        assert "found the anchord container" in out and "MAC" in out
+        assert "found the anchord container" in out
+        assert "MAC" in out
         assert f"transit network is {transit}" in out
         worker = Worker(pid, env)
         d3 = bus.wait_desired(lambda d: d.generation > d2.generation, timeout=10,
@@ -196,7 +199,8 @@ def test_event_to_published_latency(rig: tuple[Project, str, str, Bus, dict[str,
                 lambda d: d.generation > g and len(d.entries) == 11,  # noqa: B023 - waited here
                 timeout=5, what="started")
             received = next(t for t, d in bus.received if d.generation == back.generation)
-            assert back.cause == "event" and back.event_time > 0
+            assert back.cause == "event"
+            assert back.event_time > 0
             latencies.append(received - back.event_time)
     finally:
         worker.stop()

@@ -40,7 +40,8 @@ def test_the_id_and_links_of_another_namespace(pair: tuple[Netns, Netns]) -> Non
     anchor, host = pair
     out = json.loads(anchor.run(sys.executable, "-c", ASK, host.path))
     # The first call made the kernel assign an id; the second finds the same one.
-    assert out["nsid"] >= 0 and out["again"] == out["nsid"]
+    assert out["nsid"] >= 0
+    assert out["again"] == out["nsid"]
     index = int(host.run("cat", "/sys/class/net/eth0.42/ifindex"))
     assert out["links"]["eth0.42"][0] == index
     assert out["links"]["eth0.42"][1] & 0x1  # IFF_UP, as set in that namespace

@@ -103,9 +103,11 @@ def test_apply_after_tables_vanished_recovers(net: it.Inbound) -> None:
     moved = [Entry(4, "tcp", 8080, 8080, net.backends[1].v4, "b2")]
     with it.inside(net.anchor):
         failed = t.apply(moved)  # the in-memory state is stale: the transaction fails whole
-        assert not failed.ok and failed.error
+        assert not failed.ok
+        assert failed.error
         healed = t.apply(moved)  # next try re-lists, re-creates and converges
-    assert healed.ok and healed.added == 1
+    assert healed.ok
+    assert healed.added == 1
     it.serve(net.backends[1], tcp=[8080])
     assert it.ask(net.lan, it.PROJECT4, "tcp", 8080) == f"b2 {it.CLIENT4} 8080"
     t.close()

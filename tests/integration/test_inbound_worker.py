@@ -119,7 +119,9 @@ def test_worker_restart_keeps_tables_and_shutdown_deletes(
                 Entry(4, "tcp", 8080, 8080, b1.v4, "b1"), Entry(4, "udp", 5353, 5353, b1.v4, "b1")))
             applied = wait_event(bus, lambda e: isinstance(e, NatApplied) and e.generation == 1,
                                  20, "NatApplied 1", publish=gen1)
-            assert isinstance(applied, NatApplied) and applied.ok and applied.added == 2
+            assert isinstance(applied, NatApplied)
+            assert applied.ok
+            assert applied.added == 2
             before = handles(net)
             assert set(before) == {"anchord_v4", "anchord_v6"}
 
@@ -127,7 +129,8 @@ def test_worker_restart_keeps_tables_and_shutdown_deletes(
             stream = it.udp_stream(net.lan, it.PROJECT4, 5353, 40000)
             wait_until(lambda: len(loop.lines) >= 30, 20, what="client loop")
             # supervisorctl restart of both workers: SIGTERM, no shutdown marker.
-            assert stop(writer) == 0 and stop(flusher) == 0
+            assert stop(writer) == 0
+            assert stop(flusher) == 0
             assert handles(net) == before
             mark = len(loop.lines)
             wait_until(lambda: len(loop.lines) >= mark + 30, 20, what="loop without writer")
@@ -137,7 +140,8 @@ def test_worker_restart_keeps_tables_and_shutdown_deletes(
             # (The old instance's last heartbeat may still be queued: skip its copy.)
             again = wait_event(bus, lambda e: isinstance(e, NatApplied) and e.generation == 1
                                and e != applied, 20, "NatApplied after restart", publish=gen1)
-            assert isinstance(again, NatApplied) and (again.added, again.removed,
+            assert isinstance(again, NatApplied)
+            assert (again.added, again.removed,
                                                        again.changed) == (0, 0, 0)
             assert handles(net) == before
 
@@ -147,7 +151,8 @@ def test_worker_restart_keeps_tables_and_shutdown_deletes(
             switched = time.time()
             flushed = wait_event(bus, lambda e: isinstance(e, ConntrackFlushed), 20,
                                  "ConntrackFlushed", publish=gen2)
-            assert isinstance(flushed, ConntrackFlushed) and flushed.removed >= 1
+            assert isinstance(flushed, ConntrackFlushed)
+            assert flushed.removed >= 1
             it.wait_records(stream, lambda r: r[0] > switched and r[1].startswith("b2 "), 5,
                             "udp flow on b2")
             mark = len(loop.lines)
@@ -159,7 +164,8 @@ def test_worker_restart_keeps_tables_and_shutdown_deletes(
 
             # A container shutdown: marker first, then SIGTERM: tables gone, exit 0.
             mark_shutdown(run_dir, "test")
-            assert stop(writer) == 0 and stop(flusher) == 0
+            assert stop(writer) == 0
+            assert stop(flusher) == 0
             assert handles(net) == {}
     finally:
         procs.close()

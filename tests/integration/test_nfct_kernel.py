@@ -76,7 +76,7 @@ def dumped(ns: Netns, af: int) -> set[tuple[Tuple, Tuple]]:
     return {(e.orig, e.reply) for e in entries}
 
 
-@pytest.mark.parametrize("af, family, count", [(socket.AF_INET, "ipv4", 4),
+@pytest.mark.parametrize(("af", "family", "count"), [(socket.AF_INET, "ipv4", 4),
                                                (socket.AF_INET6, "ipv6", 2)])
 def test_entries_decode_as_conntrack_lists_them(ns: Netns, af: int, family: str,
                                                 count: int) -> None:
@@ -85,7 +85,7 @@ def test_entries_decode_as_conntrack_lists_them(ns: Netns, af: int, family: str,
     assert dumped(ns, af) == expected
 
 
-@pytest.mark.parametrize("family, address, count", [(4, "192.0.2.2", 4),
+@pytest.mark.parametrize(("family", "address", "count"), [(4, "192.0.2.2", 4),
                                                     (6, "2001:db8::2", 2)])
 def test_entries_of_every_protocol_are_deleted(ns: Netns, family: int, address: str,
                                                count: int) -> None:

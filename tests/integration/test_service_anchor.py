@@ -215,7 +215,8 @@ def _build(topo: Topology, tmp: Path) -> Env:
         proc = ns.popen([sys.executable, "-u", "-c", GATEWAY_LISTENER, name, str(PORT)],
                         stdout=subprocess.PIPE)
         env.procs.append(proc)
-        assert proc.stdout is not None and proc.stdout.readline() == b"listening\n"
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"listening\n"
     # What Docker leaves in a container on a non-internal network (a default route via the
     # bridge) plus routes nobody but their owner may touch.
     for cmd in (
@@ -279,7 +280,8 @@ def test_installs_default_routes_that_carry_traffic_and_becomes_ready(env: Env) 
         assert env.metric("anchord_gateway_resolve_total", family=family, outcome="ok") >= 1
     assert env.metric("anchord_build_info", version=_version(), role="service-anchor") == 1
     health = env.health()
-    assert health["ready"] is True and health["unmet"] == {}
+    assert health["ready"] is True
+    assert health["unmet"] == {}
     assert check_health(env.run_dir) == (True, "ready")  # `anchord healthcheck`
     assert health["routes"] == {"ipv4": V4_GW["gw1"], "ipv6": V6_GW["gw1"]}
     assert health["pid"] == proc.pid
@@ -312,7 +314,8 @@ def test_sigterm_removes_its_routes_only_and_exits_0(env: Env) -> None:
     wait_until(lambda: _installed(env, "gw1"), 10, what="default routes via gw1")
     assert (env.run_dir / "health.json").exists()
     assert env.stop(proc) == 0
-    assert env.default_slot() == [] and env.default_slot(v6=True) == []
+    assert env.default_slot() == []
+    assert env.default_slot(v6=True) == []
     assert env.other_routes() == before  # metric-500/2000 defaults, table 100, prefixes: all kept
     assert not (env.run_dir / "health.json").exists()
     assert check_health(env.run_dir)[0] is False
@@ -372,7 +375,8 @@ def test_a_restarted_anchor_adopts_the_route_without_rewriting_it(env: Env) -> N
         assert env.metric("anchord_gateway_route_replaces_total", family=family) == 0
         assert env.metric("anchord_default_route_present", family=family) == 1
     assert env.stop(second) == 0
-    assert env.default_slot() == [] and env.default_slot(v6=True) == []
+    assert env.default_slot() == []
+    assert env.default_slot(v6=True) == []
 
 
 def _version() -> str:
@@ -421,5 +425,7 @@ def test_route_table_reads_writes_and_refuses_like_the_kernel(env: Env) -> None:
     assert out["unreachable"] is True
     assert out["foreign_delete"] is False
     assert env.default_slot() == [DOCKER_GW_V4]  # neither the refused replace nor the delete
-    assert out["v6"] == "fd77::1" and out["v6_deleted"] is True and out["v6_after"] is None
+    assert out["v6"] == "fd77::1"
+    assert out["v6_deleted"] is True
+    assert out["v6_after"] is None
     assert "default via fd77::fe dev eth0 metric 2000" in "\n".join(env.other_routes())

@@ -194,7 +194,8 @@ def test_programs_run_and_restart(anchor: Anchor) -> None:
     anchor.ctl("restart", "metrics")
     wait_until(lambda: anchor.states().get("metrics") == "RUNNING", 10, what="metrics back")
     pid_after = re.search(r"pid (\d+)", anchor.ctl("status", "metrics"))
-    assert pid_after and pid_after.group(1) != pid_before.group(1)
+    assert pid_after
+    assert pid_after.group(1) != pid_before.group(1)
 
 
 def test_json_logs_reach_tail_and_console(anchor: Anchor) -> None:
@@ -288,7 +289,8 @@ def test_fatal_worker_shows_as_not_ready(anchor_with_flusher: Anchor, tmp_path: 
         return h if "worker_conntrack-flusher" in h else ""
 
     health = wait_until(names_it, 5, what="`anchord healthcheck` names the FATAL worker")
-    assert health.startswith("not ready: ") and "worker_conntrack-flusher: no heartbeat" in health
+    assert health.startswith("not ready: ")
+    assert "worker_conntrack-flusher: no heartbeat" in health
     text = a.anchord("status")
     assert re.search(r"^  conntrack-flusher +FATAL\b", text, re.M), text
     assert "missing worker_conntrack-flusher: no heartbeat for" in text, text

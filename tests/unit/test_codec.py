@@ -298,12 +298,14 @@ def test_big_table_wire_bytes_and_round_trip() -> None:
     assert decoded.size == len(decoded.entries) == BIG
     assert all(type(g) is BackendGroup for g in decoded.groups)
     assert all(type(s) is PortSpan for g in decoded.groups for s in g.ranges)
-    assert type(decoded.groups) is tuple and type(decoded.groups[0].ports) is tuple
+    assert type(decoded.groups) is tuple
+    assert type(decoded.groups[0].ports) is tuple
     assert type(decoded.event_time) is float
     # The wire form: one array per group, its single ports a plain array of integers.
     row = body_of(frames)["data"]["groups"][0]
     assert row[:5] == [6, "tcp", "10.0.0.1", "proj-svc0-1", "svc0"]
-    assert row[5][:2] == [10_000, 10_001] and row[6] == [[10_150, 10_160]]
+    assert row[5][:2] == [10_000, 10_001]
+    assert row[6] == [[10_150, 10_160]]
 
 
 def test_decoded_events_are_immutable_structs_and_records() -> None:
@@ -318,10 +320,12 @@ def test_decoded_events_are_immutable_structs_and_records() -> None:
         group.address = "x"  # type: ignore[misc]
     assert group._replace(address="x").address == "x"
     entry = decoded.entries[1]
-    assert type(entry) is Backend and entry._asdict()["address"] == entry.address
+    assert type(entry) is Backend
+    assert entry._asdict()["address"] == entry.address
     assert msgspec.structs.replace(decoded, generation=8).generation == 8
     again = decode(encode(big_table(300), "t", 1)).event
-    assert hash(again) == hash(decoded) and again in {decoded}  # hashable
+    assert hash(again) == hash(decoded)
+    assert again in {decoded}
 
 
 def test_entries_expand_the_groups_in_table_order() -> None:
@@ -336,7 +340,8 @@ def test_entries_expand_the_groups_in_table_order() -> None:
         BackendGroup(4, "tcp", "10.0.0.2", "web", "web", (443, 80)),
         BackendGroup(6, "tcp", "fd00::2", "web", "web", (80,)),
     )
-    assert event.entries == tuple(sorted(entries)) and event.size == 5
+    assert event.entries == tuple(sorted(entries))
+    assert event.size == 5
 
 
 def test_non_ascii_is_utf8_on_the_wire() -> None:
@@ -364,7 +369,7 @@ def test_encode_leaves_the_cached_entries_out_and_refuses_what_no_one_could_read
     with pytest.raises(TypeError, match="unsupported"):
         encode(Hello(worker=object(), pid=1), "t", 1)  # type: ignore[arg-type]
     for bad in (float("nan"), float("inf")):  # msgspec would write null: refused here
-        with pytest.raises(ValueError) as err:
+        with pytest.raises(ValueError, match="cannot be sent") as err:
             encode(WorkerStatus(worker="w", pid=1, started=bad), "t", 1)
         assert str(err.value) == ("WorkerStatus cannot be sent: "
                                   "WorkerStatus.started: expected `float`, got `null`")
@@ -563,7 +568,7 @@ def test_optional_union_and_tuple_paths() -> None:
         ({"choice": 1.5}, "_Shapes.choice: expected `int | str`, got `float`"),
     ]
     for bad, message in cases:
-        with pytest.raises(ValueError) as err:
+        with pytest.raises(ValueError, match="expected") as err:
             convert(good | bad)
         assert str(err.value) == message
 

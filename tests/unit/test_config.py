@@ -45,7 +45,8 @@ def test_derived_mac_is_stable_and_distinct() -> None:
     assert derive_mac("mail") == "02:42:00:d8:d3:f1"
     assert derive_mac("mail") != derive_mac("cloud")
     first = int(derive_mac("mail")[:2], 16)
-    assert first & 2 and not first & 1  # locally administered, unicast
+    assert first & 2
+    assert not first & 1
 
 
 def test_service_anchor_defaults() -> None:
@@ -83,7 +84,9 @@ def test_project_falls_back_to_compose_project_name() -> None:
 def test_metrics_addr_forms() -> None:
     assert load(BASE | {"ANCHORD_METRICS_ADDR": ""}).metrics_addr is None
     wildcard = load(BASE | {"ANCHORD_METRICS_ADDR": ":9090"}).metrics_addr
-    assert wildcard is not None and wildcard.port == 9090 and wildcard.host in ("::", "0.0.0.0")
+    assert wildcard is not None
+    assert wildcard.port == 9090
+    assert wildcard.host in ("::", "0.0.0.0")
 
 
 @pytest.mark.parametrize(("value", "seconds"), [
@@ -160,21 +163,25 @@ def test_unknown_variable_names_closest() -> None:
     ("YES", True), ("on", True)])
 def test_release_on_stop(value: str, expected: bool) -> None:
     cfg = load(BASE | {"ANCHORD_RELEASE_ON_STOP": value})
-    assert isinstance(cfg, NetworkAnchorConfig) and cfg.release_on_stop is expected
+    assert isinstance(cfg, NetworkAnchorConfig)
+    assert cfg.release_on_stop is expected
 
 
 def test_docker_host_forms() -> None:
     for value in ("unix:///var/run/docker.sock", "tcp://docker-proxy:2375",
                   "tcp://[fd00::1]:2375", "tcp://10.0.0.2:2375/"):
         cfg = load(BASE | {"DOCKER_HOST": value})
-        assert isinstance(cfg, NetworkAnchorConfig) and cfg.docker_host == value
+        assert isinstance(cfg, NetworkAnchorConfig)
+        assert cfg.docker_host == value
 
 
 def test_service_anchor_listens_on_nothing_by_default() -> None:
     """F-21: the service-anchor shares the app's namespace; :9090 is the app's to take."""
     cfg = load({}, mode="service-anchor")
-    assert isinstance(cfg, ServiceAnchorConfig) and cfg.metrics_addr is None
+    assert isinstance(cfg, ServiceAnchorConfig)
+    assert cfg.metrics_addr is None
     asked = load({"ANCHORD_METRICS_ADDR": ":9090"}, mode="service-anchor")
-    assert asked.metrics_addr is not None and asked.metrics_addr.port == 9090
+    assert asked.metrics_addr is not None
+    assert asked.metrics_addr.port == 9090
     anchor = load(BASE)
     assert anchor.metrics_addr == MetricsAddr("127.0.0.1", 9090)

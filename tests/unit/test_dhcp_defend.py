@@ -27,13 +27,15 @@ def test_first_conflict_defended_second_within_interval_gives_the_address_up() -
     assert client.arp_watch() == ("10.0.0.5", False)
     sent = len(host.sent)
     client.on_arp(claim())
-    assert st(client) == State.BOUND and client.lease is not None
+    assert st(client) == State.BOUND
+    assert client.lease is not None
     assert len(host.sent) == sent + 1
     assert packets.parse_arp(host.sent[-1]) == packets.ArpSeen(1, MAC, "10.0.0.5", "10.0.0.5")
     assert client.acquisitions["defended"] == 1
     clock.advance(DEFEND_INTERVAL - 1)
     client.on_arp(claim(op=2))  # an ARP reply claiming it counts as much as a request
-    assert st(client) == State.INIT and client.lease is None
+    assert st(client) == State.INIT
+    assert client.lease is None
     assert host.removed == ["10.0.0.5"]
     assert host.changes[-1] == (None, "10.0.0.5", "conflict")
     assert client.acquisitions["defend_lost"] == 1
@@ -42,7 +44,8 @@ def test_first_conflict_defended_second_within_interval_gives_the_address_up() -
     # Configuration restarts at once: a DISCOVER, then the probe before any use.
     assert client.wakeup == clock.mono
     client.tick()
-    assert st(client) == State.SELECTING and sent_type(host.sent[-1]) == packets.DISCOVER
+    assert st(client) == State.SELECTING
+    assert sent_type(host.sent[-1]) == packets.DISCOVER
 
 
 def test_conflicts_further_apart_than_the_interval_are_each_defended() -> None:
@@ -51,7 +54,8 @@ def test_conflicts_further_apart_than_the_interval_are_each_defended() -> None:
     for _ in range(3):
         client.on_arp(claim())
         clock.advance(DEFEND_INTERVAL)
-    assert st(client) == State.BOUND and client.acquisitions["defended"] == 3
+    assert st(client) == State.BOUND
+    assert client.acquisitions["defended"] == 3
 
 
 def test_own_frames_other_addresses_and_probes_are_no_conflict_once_bound() -> None:
@@ -61,7 +65,8 @@ def test_own_frames_other_addresses_and_probes_are_no_conflict_once_bound() -> N
                   claim(sender_ip="0.0.0.0", target="10.0.0.5"), b"\x00" * 20):
         client.on_arp(frame)
         client.on_arp(frame)
-    assert st(client) == State.BOUND and client.acquisitions["defended"] == 0
+    assert st(client) == State.BOUND
+    assert client.acquisitions["defended"] == 0
 
 
 def test_the_address_is_defended_while_renewing_too() -> None:
@@ -69,10 +74,12 @@ def test_the_address_is_defended_while_renewing_too() -> None:
     bind(client, host, clock)
     clock.mono = client.wakeup
     client.tick()
-    assert st(client) == State.RENEWING and client.arp_watch() == ("10.0.0.5", False)
+    assert st(client) == State.RENEWING
+    assert client.arp_watch() == ("10.0.0.5", False)
     client.on_arp(claim())
     client.on_arp(claim())
-    assert st(client) == State.INIT and host.changes[-1] == (None, "10.0.0.5", "conflict")
+    assert st(client) == State.INIT
+    assert host.changes[-1] == (None, "10.0.0.5", "conflict")
 
 
 def test_probing_watches_the_offered_address_with_probes() -> None:
@@ -82,4 +89,5 @@ def test_probing_watches_the_offered_address_with_probes() -> None:
     assert client.arp_watch() is None
     client.on_frame(reply(packets.OFFER, client.xid))
     client.on_frame(reply(packets.ACK, client.xid))
-    assert st(client) == State.PROBING and client.arp_watch() == ("10.0.0.5", True)
+    assert st(client) == State.PROBING
+    assert client.arp_watch() == ("10.0.0.5", True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import struct
@@ -18,7 +19,8 @@ from tests.unit.test_dhcp_v4_machine import MAC, reply
 def test_option_121_zero_length_is_ignored_router_option_used() -> None:
     frame = reply(packets.OFFER, 5, extra=b"\x79\x00")
     parsed = packets.parse_reply(frame, MAC, 5)
-    assert parsed.router == "10.0.0.1" and parsed.yiaddr == "10.0.0.5"
+    assert parsed.router == "10.0.0.1"
+    assert parsed.yiaddr == "10.0.0.5"
 
 
 def test_option_121_default_route_wins() -> None:
@@ -26,7 +28,7 @@ def test_option_121_default_route_wins() -> None:
     assert packets.parse_reply(frame, MAC, 5).router == "10.0.0.254"
 
 
-@pytest.mark.parametrize("mutate,reason", [
+@pytest.mark.parametrize(("mutate", "reason"), [
     (lambda f: f[:200], "truncated"),
     (lambda f: f[:-1], "missing_end"),
     (lambda f: f[:-1] + b"\x0c\x20abc\xff", "bad_option_length"),
@@ -62,10 +64,8 @@ def test_random_mutations_only_raise_malformed() -> None:
         frame = bytearray(base)
         for _ in range(rng.randint(1, 8)):
             frame[rng.randrange(len(frame))] = rng.randrange(256)
-        try:
+        with contextlib.suppress(packets.Malformed):
             packets.parse_reply(bytes(frame[:rng.randrange(len(frame) + 1)]), MAC, 5)
-        except packets.Malformed:
-            pass
 
 
 def _v6(msg: int, xid: int, *opts: bytes) -> bytes:
@@ -84,7 +84,8 @@ def test_v6_reply_parsed_and_t1_t2_zero_kept_for_client_to_choose() -> None:
         "fd770000000000000000000000000105") + struct.pack("!II", 60, 120)))
     parsed = packets6.parse_reply(_v6(7, 42, _opt(1, DUID), _opt(2, b"\x00\x03" * 4), ia),
                                   42, DUID, 9)
-    assert parsed.address == "fd77::105" and (parsed.t1, parsed.t2) == (0, 0)
+    assert parsed.address == "fd77::105"
+    assert (parsed.t1, parsed.t2) == (0, 0)
     assert (parsed.preferred, parsed.valid) == (60, 120)
 
 
@@ -97,10 +98,8 @@ def test_v6_random_mutations_only_raise_malformed() -> None:
         data = bytearray(base)
         for _ in range(rng.randint(1, 6)):
             data[rng.randrange(len(data))] = rng.randrange(256)
-        try:
+        with contextlib.suppress(packets6.Malformed):
             packets6.parse_reply(bytes(data[:rng.randrange(len(data) + 1)]), 42, DUID, 9)
-        except packets6.Malformed:
-            pass
 
 
 def _lease() -> StoredLease:
@@ -135,8 +134,10 @@ def test_leasefile_corrupt_or_foreign_ignored(tmp_path: Path, content: str,
 def test_backoff_doubles_with_jitter_and_caps() -> None:
     b = Backoff(initial=4, cap=20, rng=random.Random(1))
     delays = [b.next() for _ in range(6)]
-    assert 3.6 <= delays[0] <= 4.4 and 7.2 <= delays[1] <= 8.8
-    assert all(d <= 20 for d in delays) and delays[-1] >= 18
+    assert 3.6 <= delays[0] <= 4.4
+    assert 7.2 <= delays[1] <= 8.8
+    assert all(d <= 20 for d in delays)
+    assert delays[-1] >= 18
     b.reset()
     assert b.next() <= 4.4
 
@@ -168,7 +169,8 @@ def test_rfc2132_overloaded_file_and_sname_are_read() -> None:
     overloaded = _with_file(frame, b"\x79\x05\x00\x0a\x00\x00\xfe\xff",
                             b"\x3a\x04\x00\x00\x00\x1e\xff")
     parsed = packets.parse_reply(overloaded, MAC, 5)
-    assert parsed.router == "10.0.0.254" and parsed.t1 == 30
+    assert parsed.router == "10.0.0.254"
+    assert parsed.t1 == 30
 
 
 def test_rfc3442_option_121_without_a_default_route_hides_option_3() -> None:
@@ -179,9 +181,11 @@ def test_rfc3442_option_121_without_a_default_route_hides_option_3() -> None:
 def test_rfc4702_option_12_or_81_never_both_and_rfc1542_length() -> None:
     bare = packets.build(packets.DISCOVER, MAC, 1, "mail")
     opts = packets.parse_options(bare[42 + 240:])
-    assert opts[12] == b"mail" and 81 not in opts
+    assert opts[12] == b"mail"
+    assert 81 not in opts
     full = packets.build(packets.REQUEST, MAC, 1, "mail.example.org", requested="10.0.0.5")
     opts = packets.parse_options(full[42 + 240:])
-    assert 12 not in opts and opts[81][3:] == b"\x04mail\x07example\x03org\x00"[:-1]
+    assert 12 not in opts
+    assert opts[81][3:] == b"\x04mail\x07example\x03org\x00"[:-1]
     for frame in (bare, full, packets.build(packets.RELEASE, MAC, 1, "mail")):
         assert len(frame) - 42 >= 300  # the BOOTP message, after Ethernet/IPv4/UDP

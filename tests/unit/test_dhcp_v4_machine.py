@@ -90,9 +90,11 @@ def make() -> tuple[Dhcp4Client, FakeHost, Clock]:
 def bind(client: Dhcp4Client, host: FakeHost, clock: Clock, lease: int = 100) -> None:
     client.start(None)
     client.tick()
-    assert st(client) == State.SELECTING and sent_type(host.sent[-1]) == packets.DISCOVER
+    assert st(client) == State.SELECTING
+    assert sent_type(host.sent[-1]) == packets.DISCOVER
     client.on_frame(reply(packets.OFFER, client.xid, lease=lease))
-    assert st(client) == State.REQUESTING and sent_type(host.sent[-1]) == packets.REQUEST
+    assert st(client) == State.REQUESTING
+    assert sent_type(host.sent[-1]) == packets.REQUEST
     client.on_frame(reply(packets.ACK, client.xid, lease=lease))
     assert st(client) == State.PROBING
     while st(client) == State.PROBING:
@@ -107,13 +109,17 @@ def test_discover_offer_request_ack_probe_bind() -> None:
     bind(client, host, clock)
     arp = [f for f in host.sent if f[12:14] == b"\x08\x06"]
     assert len(arp) == 3  # two probes (sender 0.0.0.0), one announcement
-    assert arp[0][28:32] == b"\x00\x00\x00\x00" and arp[-1][28:32] == bytes([10, 0, 0, 5])
+    assert arp[0][28:32] == b"\x00\x00\x00\x00"
+    assert arp[-1][28:32] == bytes([10, 0, 0, 5])
     assert host.applied[-1] == ("10.0.0.5", 100.0)
     assert host.changes[-1] == ("10.0.0.5", None, "bound")
-    assert client.lease is not None and client.lease.server_mac == SERVER_MAC
+    assert client.lease is not None
+    assert client.lease.server_mac == SERVER_MAC
     request = packets.parse_options(host.sent[1][42 + 240:])
-    assert request[12] == b"proj" and request[61] == b"\x01" + packets.mac_bytes(MAC)
-    assert request[50] == bytes([10, 0, 0, 5]) and 81 not in request  # RFC 4702: 12 only
+    assert request[12] == b"proj"
+    assert request[61] == b"\x01" + packets.mac_bytes(MAC)
+    assert request[50] == bytes([10, 0, 0, 5])
+    assert 81 not in request
     assert 121 in request[55]
 
 
@@ -127,7 +133,8 @@ def test_renew_unicast_at_t1_then_rebind_broadcast_at_t2_then_expiry() -> None:
     client.tick()
     assert st(client) == State.RENEWING
     renew = host.sent[-1]
-    assert renew[0:6] == packets.mac_bytes(SERVER_MAC) and renew[30:34] == bytes([10, 0, 0, 1])
+    assert renew[0:6] == packets.mac_bytes(SERVER_MAC)
+    assert renew[30:34] == bytes([10, 0, 0, 1])
     while st(client) == State.RENEWING:
         clock.mono = client.wakeup
         clock.wall = 1_700_000_000.0 + (clock.mono - 1000.0)
@@ -156,7 +163,8 @@ def test_rebind_ack_from_other_server_and_changed_address() -> None:
     assert st(client) == State.PROBING  # a new address: probed before use (RFC 5227)
     finish_probe(client, clock)
     assert st(client) == State.BOUND
-    assert client.lease is not None and client.lease.server == "10.0.0.2"
+    assert client.lease is not None
+    assert client.lease.server == "10.0.0.2"
     assert host.removed == ["10.0.0.5"]
     assert host.changes[-1] == ("10.0.0.9", "10.0.0.5", "bound")
 
@@ -167,7 +175,8 @@ def test_nak_in_requesting_goes_back_to_init() -> None:
     client.tick()
     client.on_frame(reply(packets.OFFER, client.xid))
     client.on_frame(reply(packets.NAK, client.xid, yiaddr="0.0.0.0", lease=0))
-    assert st(client) == State.INIT and client.wakeup > clock.mono
+    assert st(client) == State.INIT
+    assert client.wakeup > clock.mono
 
 
 def test_conflict_declines_and_waits() -> None:
@@ -199,11 +208,13 @@ def test_init_reboot_keeps_address_and_falls_back_to_bound_without_answer() -> N
     client.tick()
     assert st(client) == State.REBOOTING
     opts = packets.parse_options(host.sent[-1][42 + 240:])
-    assert opts[50] == bytes([10, 0, 0, 5]) and 54 not in opts
+    assert opts[50] == bytes([10, 0, 0, 5])
+    assert 54 not in opts
     for _ in range(2):
         clock.advance(client.wakeup - clock.mono)
         client.tick()
-    assert st(client) == State.BOUND and host.removed == []
+    assert st(client) == State.BOUND
+    assert host.removed == []
 
 
 def test_stored_expired_lease_starts_fresh() -> None:
@@ -211,7 +222,8 @@ def test_stored_expired_lease_starts_fresh() -> None:
     stored = StoredLease(family=4, address="10.0.0.5", prefixlen=24, server="10.0.0.1",
                          router="", lease_time=100, t1=50, t2=87.5, acquired=clock.wall - 200)
     client.start(stored)
-    assert st(client) == State.INIT and host.applied == []
+    assert st(client) == State.INIT
+    assert host.applied == []
 
 
 def test_unexpected_and_foreign_replies_are_counted_not_acted_on() -> None:
@@ -222,7 +234,8 @@ def test_unexpected_and_foreign_replies_are_counted_not_acted_on() -> None:
     client.on_frame(reply(packets.ACK, client.xid))  # ACK while selecting
     client.on_frame(b"\x00" * 20)
     assert st(client) == State.SELECTING
-    assert client.dropped["wrong_xid"] == 1 and client.dropped["unexpected"] == 1
+    assert client.dropped["wrong_xid"] == 1
+    assert client.dropped["unexpected"] == 1
 
 
 def test_illegal_transition_refused() -> None:
@@ -238,7 +251,8 @@ def test_release_sends_release_and_removes() -> None:
     bind(client, host, clock)
     client.release()
     assert sent_type(host.sent[-1]) == packets.RELEASE
-    assert host.removed == ["10.0.0.5"] and st(client) == State.STOPPED
+    assert host.removed == ["10.0.0.5"]
+    assert st(client) == State.STOPPED
 
 
 def test_backoff_capped() -> None:
@@ -251,7 +265,8 @@ def test_backoff_capped() -> None:
         clock.mono = client.wakeup
         client.tick()
     assert delays[0] < delays[1] < delays[2]
-    assert max(delays) <= 30.0 and delays[-1] >= 27.0
+    assert max(delays) <= 30.0
+    assert delays[-1] >= 27.0
 
 
 @pytest.mark.parametrize("step", [3 * 3600.0, -3 * 3600.0])
@@ -272,7 +287,8 @@ def test_wall_clock_steps_change_no_timer(step: float) -> None:
     clock.wall -= 2 * step
     clock.mono = bound_at + 599
     client.tick()
-    assert st(client) in (State.RENEWING, State.REBINDING) and host.removed == []
+    assert st(client) in (State.RENEWING, State.REBINDING)
+    assert host.removed == []
     clock.mono = bound_at + 600
     client.tick()
     assert host.removed == ["10.0.0.5"], "expired at the wrong time"
@@ -302,12 +318,14 @@ def test_an_acquisition_counts_once() -> None:
     client.on_frame(reply(packets.OFFER, client.xid))
     client.on_frame(reply(packets.ACK, client.xid))
     finish_probe(client, clock)
-    assert st(client) == State.BOUND and client.acquisitions["ok"] == 1
+    assert st(client) == State.BOUND
+    assert client.acquisitions["ok"] == 1
     clock.advance(50)
     client.tick()
     assert st(client) == State.RENEWING
     client.on_frame(reply(packets.ACK, client.xid))
-    assert st(client) == State.BOUND and client.acquisitions["ok"] == 1
+    assert st(client) == State.BOUND
+    assert client.acquisitions["ok"] == 1
 
 
 def test_after_a_nak_discover_again_within_a_second() -> None:
@@ -318,10 +336,12 @@ def test_after_a_nak_discover_again_within_a_second() -> None:
     assert st(client) == State.RENEWING
     for _ in range(5):  # even a server that NAKs everything is asked again within 1 s
         client.on_frame(reply(packets.NAK, client.xid, lease=0))
-        assert st(client) == State.INIT and client.wakeup - clock.mono <= 1.0
+        assert st(client) == State.INIT
+        assert client.wakeup - clock.mono <= 1.0
         clock.mono = client.wakeup
         client.tick()
-        assert st(client) == State.SELECTING and sent_type(host.sent[-1]) == packets.DISCOVER
+        assert st(client) == State.SELECTING
+        assert sent_type(host.sent[-1]) == packets.DISCOVER
         client.on_frame(reply(packets.OFFER, client.xid))
         assert st(client) == State.REQUESTING
 
@@ -334,7 +354,8 @@ def test_an_offer_restarts_the_backoff_and_only_the_chosen_server_may_nak() -> N
         clock.mono = client.wakeup
         client.tick()
     client.on_frame(reply(packets.OFFER, client.xid, server="10.0.0.1"))
-    assert st(client) == State.REQUESTING and client.wakeup - clock.mono <= 4.5
+    assert st(client) == State.REQUESTING
+    assert client.wakeup - clock.mono <= 4.5
     client.on_frame(reply(packets.NAK, client.xid, lease=0, server="10.0.0.99"))
     assert st(client) == State.REQUESTING  # not the server we asked
     client.on_frame(reply(packets.NAK, client.xid, lease=0, server="10.0.0.1"))
@@ -350,7 +371,8 @@ def test_t2_given_without_t1_is_kept() -> None:
     client.on_frame(reply(packets.ACK, client.xid, extra=t2_only))
     finish_probe(client, clock)
     assert client.lease is not None
-    assert client.lease.t2 == 30 and 0 < client.lease.t1 < 30
+    assert client.lease.t2 == 30
+    assert 0 < client.lease.t1 < 30
 
 
 def test_an_address_that_changes_at_renewal_is_probed_before_use() -> None:
@@ -364,10 +386,13 @@ def test_an_address_that_changes_at_renewal_is_probed_before_use() -> None:
     client.on_frame(reply(packets.ACK, client.xid, yiaddr="10.0.0.6"))
     assert st(client) == State.PROBING
     probe = host.sent[before]
-    assert probe[12:14] == b"\x08\x06" and probe[38:42] == bytes([10, 0, 0, 6])
+    assert probe[12:14] == b"\x08\x06"
+    assert probe[38:42] == bytes([10, 0, 0, 6])
     finish_probe(client, clock)
-    assert st(client) == State.BOUND and client.lease is not None
-    assert client.lease.address == "10.0.0.6" and host.removed == ["10.0.0.5"]
+    assert st(client) == State.BOUND
+    assert client.lease is not None
+    assert client.lease.address == "10.0.0.6"
+    assert host.removed == ["10.0.0.5"]
     # The same address at the next renewal: no probe.
     clock.advance(50)
     client.tick()

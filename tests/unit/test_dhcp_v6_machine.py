@@ -216,7 +216,8 @@ def test_first_solicit_within_sol_max_delay_from_the_kernels_link_local() -> Non
     import ipaddress
     assert str(ipaddress.IPv6Address(frame[22:38])) == LL
     oro = sent_option(host.dhcp()[-1], 6)
-    assert oro is not None and 82 in struct.unpack(f"!{len(oro) // 2}H", oro)  # SOL_MAX_RT
+    assert oro is not None
+    assert 82 in struct.unpack(f"!{len(oro) // 2}H", oro)
 
 
 def test_no_link_local_yet_only_router_solicitations_from_unspecified() -> None:
@@ -228,10 +229,12 @@ def test_no_link_local_yet_only_router_solicitations_from_unspecified() -> None:
     for _ in range(20):
         clock.advance(0.5)
         client.tick()
-    assert host.dhcp() == [] and st(client) == State.SOLICITING
+    assert host.dhcp() == []
+    assert st(client) == State.SOLICITING
     assert "no link-local" in client.describe()
     rs = host.rs_frames()[0]
-    assert rs[22:38] == b"\x00" * 16 and len(rs) == 54 + 8  # from ::, without an SLLAO
+    assert rs[22:38] == b"\x00" * 16
+    assert len(rs) == 54 + 8
     host.addrs[LL] = Addr6(LL, 64, IFA_F_PERMANENT, RT_SCOPE_LINK, 0xFFFFFFFF, 0xFFFFFFFF)
     clock.advance(0.2)
     client.tick()
@@ -248,7 +251,8 @@ def test_advertises_collected_until_first_rt_highest_preference_wins() -> None:
     assert 1.0 < client.wakeup - clock.mono <= 1.1  # the first RT: > SOL_TIMEOUT
     run_until(client, clock, lambda: st(client) == State.REQUESTING)
     request = host.dhcp()[-1]
-    assert request[0] == packets6.REQUEST and sent_option(request, 2) == SERVER_B
+    assert request[0] == packets6.REQUEST
+    assert sent_option(request, 2) == SERVER_B
     assert sent_address(request) == ADDR2
     assert host.types().count(packets6.SOLICIT) == 1  # no second Solicit was needed
 
@@ -257,7 +261,8 @@ def test_preference_255_taken_at_once_and_late_advertise_taken_at_once() -> None
     client, host, clock = make()
     managed(client, clock)
     client._on_dhcp6(answer(client, packets6.ADVERTISE, server=SERVER_B, preference=255))
-    assert st(client) == State.REQUESTING and sent_option(host.dhcp()[-1], 2) == SERVER_B
+    assert st(client) == State.REQUESTING
+    assert sent_option(host.dhcp()[-1], 2) == SERVER_B
     client2, _host2, clock2 = make()
     managed(client2, clock2)
     clock2.advance(1.2)  # past the first RT, no Advertise yet
@@ -272,7 +277,8 @@ def test_advertise_without_address_ignored_but_its_sol_max_rt_honoured() -> None
     refusal = answer(client, packets6.ADVERTISE, ia_options=ia(client.iaid, 0, 0, status(2)),
                      extra=_opt(82, struct.pack("!I", 120)))
     client._on_dhcp6(refusal)
-    assert st(client) == State.SOLICITING and client.dropped["advertise_without_address"] == 1
+    assert st(client) == State.SOLICITING
+    assert client.dropped["advertise_without_address"] == 1
     assert client.sol_max_rt == 120.0
     # Solicits back off to 120 s (above ANCHORD_DHCP_BACKOFF_MAX=30, RFC 8415 21.24 MUST).
     gaps = []
@@ -281,7 +287,8 @@ def test_advertise_without_address_ignored_but_its_sol_max_rt_honoured() -> None
         clock.advance(client.wakeup - clock.mono)
         client.tick()
         gaps.append(clock.mono - before)
-    assert max(gaps) > 100 and max(gaps) <= 120
+    assert max(gaps) > 100
+    assert max(gaps) <= 120
     # Out of range (RFC 8415 21.24: 60..86400) is ignored.
     client._on_dhcp6(answer(client, packets6.ADVERTISE, ia_options=ia(client.iaid, 0, 0,
                                                                       status(2)),
@@ -294,8 +301,10 @@ def test_reply_installs_then_bound_only_after_dad_with_unsolicited_na() -> None:
     managed(client, clock)
     client._on_dhcp6(answer(client, packets6.ADVERTISE, preference=255))
     client._on_dhcp6(answer(client, packets6.REPLY, t1=30, t2=48))
-    assert st(client) == State.DAD and host.applied[-1][0] == ADDR
-    assert client.current() is None and host.changes == []  # tentative: not reported
+    assert st(client) == State.DAD
+    assert host.applied[-1][0] == ADDR
+    assert client.current() is None
+    assert host.changes == []
     for _ in range(5):
         clock.advance(0.1)
         client.tick()
@@ -303,9 +312,11 @@ def test_reply_installs_then_bound_only_after_dad_with_unsolicited_na() -> None:
     host.dad(ADDR)
     clock.advance(0.1)
     client.tick()
-    assert st(client) == State.BOUND and host.changes[-1] == (ADDR, None, "bound")
+    assert st(client) == State.BOUND
+    assert host.changes[-1] == (ADDR, None, "bound")
     na = [f for f in host.sent if f[20] == 58 and f[54] == 136]
-    assert len(na) == 1 and na[0][22:38] == bytes.fromhex("fd770000000000000000000000000105")
+    assert len(na) == 1
+    assert na[0][22:38] == bytes.fromhex("fd770000000000000000000000000105")
 
 
 def test_dad_failure_sends_decline_and_never_binds() -> None:
@@ -318,9 +329,12 @@ def test_dad_failure_sends_decline_and_never_binds() -> None:
     client.tick()
     assert st(client) == State.DECLINING
     decline = host.dhcp()[-1]
-    assert decline[0] == packets6.DECLINE and sent_address(decline) == ADDR
+    assert decline[0] == packets6.DECLINE
+    assert sent_address(decline) == ADDR
     assert sent_option(decline, 2) == SERVER_A
-    assert ADDR in host.removed and host.changes == [] and client.acquisitions["conflict"] == 1
+    assert ADDR in host.removed
+    assert host.changes == []
+    assert client.acquisitions["conflict"] == 1
     # DEC_TIMEOUT 1 s, DEC_MAX_RC 4, then a new Solicit.
     run_until(client, clock, lambda: st(client) == State.SOLICITING, limit=30)
     assert host.types().count(packets6.DECLINE) == 4
@@ -344,7 +358,8 @@ def test_dad_failure_sends_decline_and_never_binds() -> None:
     del host3.addrs[ADDR]
     clock3.advance(0.1)
     client3.tick()
-    assert st(client3) == State.DECLINING and host3.changes == []
+    assert st(client3) == State.DECLINING
+    assert host3.changes == []
 
 
 def test_address_the_kernel_refuses_is_never_bound() -> None:
@@ -353,8 +368,10 @@ def test_address_the_kernel_refuses_is_never_bound() -> None:
     managed(client, clock)
     client._on_dhcp6(answer(client, packets6.ADVERTISE, preference=255))
     client._on_dhcp6(answer(client, packets6.REPLY))
-    assert st(client) == State.SOLICITING and client.current() is None
-    assert host.changes == [] and client.acquisitions["refused"] == 1
+    assert st(client) == State.SOLICITING
+    assert client.current() is None
+    assert host.changes == []
+    assert client.acquisitions["refused"] == 1
     assert client.wakeup - clock.mono >= 0.9  # a pause before trying again, not a loop
     # The same when the add "succeeds" but the kernel never shows the address.
     host.refuse = False
@@ -362,7 +379,8 @@ def test_address_the_kernel_refuses_is_never_bound() -> None:
     client._on_dhcp6(answer(client, packets6.ADVERTISE, preference=255))
     host.apply6 = lambda lease, valid, preferred: True  # type: ignore[method-assign]
     client._on_dhcp6(answer(client, packets6.REPLY))
-    assert st(client) == State.SOLICITING and host.changes == []
+    assert st(client) == State.SOLICITING
+    assert host.changes == []
     assert client.acquisitions["refused"] == 2
 
 
@@ -427,14 +445,19 @@ def test_nobinding_to_renew_or_rebind_requests_the_same_address(rebind: bool) ->
                             ia_options=ia(client.iaid, 0, 0, status(3))))
     assert st(client) == State.REQUESTING
     request = host.dhcp()[-1]
-    assert request[0] == packets6.REQUEST and sent_address(request) == ADDR
+    assert request[0] == packets6.REQUEST
+    assert sent_address(request) == ADDR
     assert sent_option(request, 2) == SERVER_B
-    assert host.removed == [] and client.current() is not None  # the address stays meanwhile
+    assert host.removed == []
+    assert client.current() is not None
     client._on_dhcp6(answer(client, packets6.REPLY, server=SERVER_B, t1=100, t2=300,
                             valid=1000))
-    assert st(client) == State.BOUND and client.lease is not None
-    assert client.lease.address == ADDR and client.lease.server == SERVER_B.hex()
-    assert host.removed == [] and all(c[0] == ADDR for c in host.changes)
+    assert st(client) == State.BOUND
+    assert client.lease is not None
+    assert client.lease.address == ADDR
+    assert client.lease.server == SERVER_B.hex()
+    assert host.removed == []
+    assert all(c[0] == ADDR for c in host.changes)
     assert client.acquisitions["ok"] == 1  # reinstated, not a new acquisition
 
 
@@ -445,7 +468,8 @@ def test_nobinding_then_no_answer_to_request_falls_back_to_the_lease() -> None:
                                                                   status(3))))
     run_until(client, clock, lambda: st(client) != State.REQUESTING)
     assert host.types().count(packets6.REQUEST) == REQ_MAX_RC + 1  # the first + 10 for NB
-    assert st(client) == State.RENEWING and client.lease is not None
+    assert st(client) == State.RENEWING
+    assert client.lease is not None
 
 
 def test_unspecfail_retries_only_at_the_scheduled_retransmission() -> None:
@@ -456,7 +480,9 @@ def test_unspecfail_retries_only_at_the_scheduled_retransmission() -> None:
     for _ in range(50):  # a server answering UnspecFail in a loop
         client._on_dhcp6(answer(client, packets6.REPLY, extra=status(1), ia_options=b""))
         client.tick()
-    assert len(host.sent) == sent and client.wakeup == due and st(client) == State.RENEWING
+    assert len(host.sent) == sent
+    assert client.wakeup == due
+    assert st(client) == State.RENEWING
     assert client.dropped["UnspecFail"] == 50
     clock.advance(due - clock.mono)
     client.tick()
@@ -469,12 +495,14 @@ def test_noaddrsavail_to_request_pauses_then_solicits_to_renew_keeps_lease() -> 
     client._on_dhcp6(answer(client, packets6.ADVERTISE, preference=255))
     client._on_dhcp6(answer(client, packets6.REPLY, ia_options=ia(client.iaid, 0, 0,
                                                                   status(2))))
-    assert st(client) == State.SOLICITING and client.wakeup - clock.mono >= 0.9
+    assert st(client) == State.SOLICITING
+    assert client.wakeup - clock.mono >= 0.9
     client, host, clock = bound(t1=100, t2=300, valid=1000)
     run_until(client, clock, lambda: st(client) == State.RENEWING)
     client._on_dhcp6(answer(client, packets6.REPLY, ia_options=ia(client.iaid, 0, 0,
                                                                   status(2))))
-    assert st(client) == State.RENEWING and host.removed == []
+    assert st(client) == State.RENEWING
+    assert host.removed == []
 
 
 def test_ia_na_matched_by_iaid_before_its_timers_are_taken() -> None:
@@ -487,7 +515,8 @@ def test_ia_na_matched_by_iaid_before_its_timers_are_taken() -> None:
     host.dad(ADDR)
     clock.advance(0.1)
     client.tick()
-    assert client.lease is not None and client.lease.address == ADDR
+    assert client.lease is not None
+    assert client.lease.address == ADDR
     assert (client.lease.t1, client.lease.t2) == (40, 70)
 
 
@@ -496,13 +525,16 @@ def test_valid_lifetime_zero_is_ignored_and_the_new_address_taken() -> None:
     run_until(client, clock, lambda: st(client) == State.RENEWING)
     moved = ia(client.iaid, 100, 300, iaaddr(ADDR, 0, 0), iaaddr(ADDR2, 500, 1000))
     client._on_dhcp6(answer(client, packets6.REPLY, ia_options=moved))
-    assert st(client) == State.DAD and client.current() is not None
+    assert st(client) == State.DAD
+    assert client.current() is not None
     assert client.current()[0].address == ADDR  # type: ignore[index]  # the old one until DAD
     host.dad(ADDR2)
     clock.advance(0.1)
     client.tick()
-    assert st(client) == State.BOUND and client.lease is not None
-    assert client.lease.address == ADDR2 and host.changes[-1] == (ADDR2, ADDR, "bound")
+    assert st(client) == State.BOUND
+    assert client.lease is not None
+    assert client.lease.address == ADDR2
+    assert host.changes[-1] == (ADDR2, ADDR, "bound")
     assert ADDR in host.removed
 
 
@@ -511,7 +543,8 @@ def test_only_address_withdrawn_drops_the_lease() -> None:
     run_until(client, clock, lambda: st(client) == State.RENEWING)
     client._on_dhcp6(answer(client, packets6.REPLY,
                             ia_options=ia(client.iaid, 0, 0, iaaddr(ADDR, 0, 0))))
-    assert st(client) == State.SOLICITING and host.changes[-1][0] is None
+    assert st(client) == State.SOLICITING
+    assert host.changes[-1][0] is None
 
 
 def test_restart_confirms_with_renew_and_rechecks_dad_on_the_new_child() -> None:
@@ -523,7 +556,8 @@ def test_restart_confirms_with_renew_and_rechecks_dad_on_the_new_child() -> None
     client.tick()
     assert host.types()[-1] == packets6.RENEW
     client._on_dhcp6(answer(client, packets6.REPLY, t1=100, t2=300, valid=1000))
-    assert st(client) == State.DAD and client.current() is not None  # still held
+    assert st(client) == State.DAD
+    assert client.current() is not None
     host.dad(ADDR)
     clock.advance(0.1)
     client.tick()
@@ -567,7 +601,8 @@ def test_slaac_project_address_global_not_deprecated_not_temporary() -> None:
              _g("fd79::1", IFA_F_TENTATIVE), _g("fd7a::1", IFA_F_PERMANENT),
              Addr6("fe80::1", 64, 0, RT_SCOPE_LINK, 1, 1), _g("fd7b::1", 0, 10)]
     chosen = project_address(found)
-    assert chosen is not None and chosen.address == "fd7b::1"
+    assert chosen is not None
+    assert chosen.address == "fd7b::1"
     assert project_address(found, exclude="fd7b::1") is None
     assert project_address(found, exclude="fd7b::1", current="fd78::1") is not None  # kept
     assert project_address(found, exclude="fd7b::1", current="fd77::1") is None
@@ -577,7 +612,8 @@ def test_slaac_renumbering_switches_on_the_ra_that_deprecates_the_old_prefix() -
     client, host, clock = make()
     host.addrs["fd77::42"] = _g("fd77::42")
     client.observe()
-    assert client.current() is not None and client.current()[0].address == "fd77::42"  # type: ignore[index]
+    assert client.current() is not None
+    assert client.current()[0].address == "fd77::42"  # type: ignore[index]
     # The RA that renumbers: new prefix, old one's preferred lifetime 0. While the new
     # address is in DAD the old one, deprecated but valid, is kept (no loss in between).
     host.addrs["fd88::42"] = _g("fd88::42", IFA_F_TENTATIVE, 1800)

@@ -32,7 +32,8 @@ def test_built_renew_dissected_by_scapy_and_walked_by_us_agree() -> None:
     assert bytes(msg[DHCP6OptClientId].duid) == DUID
     assert bytes(msg[DHCP6OptServerId].duid) == b"\x00\x03\x00\x01" + b"\x09" * 6
     ia = msg[DHCP6OptIA_NA]
-    assert ia.iaid == 7 and ia.ianaopts[0].addr == "fd77::5"
+    assert ia.iaid == 7
+    assert ia.ianaopts[0].addr == "fd77::5"
     assert 82 in msg[DHCP6OptOptReq].reqopts
     options = dict(packets6._walk(frame[62 + 4:]))
     assert options[packets6.OPT_FQDN] == b"\x01\x08proj-one"  # partial name: no root label
@@ -44,7 +45,8 @@ def test_decline_and_release_carry_no_fqdn() -> None:
         frame = packets6.build(msg_type, MAC, "fe80::1", 1, DUID, 7, "proj",
                                address="fd77::5", server_duid=b"\x00\x03\x00\x01abcdef")
         codes = [c for c, _ in packets6._walk(frame[62 + 4:])]
-        assert frame[62] == msg_type and packets6.OPT_FQDN not in codes
+        assert frame[62] == msg_type
+        assert packets6.OPT_FQDN not in codes
 
 
 def test_router_solicit_from_unspecified_has_no_source_lladdr() -> None:
@@ -67,13 +69,17 @@ def test_parse_statuses_preference_sol_max_rt_and_discarded_options() -> None:
         _reply(_opt(3, struct.pack("!III", 9, 10, 20) + bad_lifetimes + gone + good),
                _opt(7, b"\x07"), _opt(82, struct.pack("!I", 600))), 42, DUID, 9)
     assert [a.address for a in parsed.addresses] == ["fd77::105"]
-    assert parsed.withdrawn == ("fd77::107",) and parsed.preference == 7
-    assert parsed.sol_max_rt == 600 and parsed.ok
+    assert parsed.withdrawn == ("fd77::107",)
+    assert parsed.preference == 7
+    assert parsed.sol_max_rt == 600
+    assert parsed.ok
     # T1 > T2: the IA is discarded (RFC 8415 21.4).
     parsed = packets6.parse_reply(_reply(_opt(3, struct.pack("!III", 9, 30, 20) + good)),
                                   42, DUID, 9)
-    assert not parsed.ia_found and parsed.address == ""
+    assert not parsed.ia_found
+    assert parsed.address == ""
     # NoBinding in the IA.
     parsed = packets6.parse_reply(_reply(_opt(3, struct.pack("!III", 9, 0, 0)
                                               + _opt(13, b"\x00\x03"))), 42, DUID, 9)
-    assert parsed.ia_status == packets6.NO_BINDING and parsed.refusal == 3
+    assert parsed.ia_status == packets6.NO_BINDING
+    assert parsed.refusal == 3

@@ -147,21 +147,26 @@ def test_first_list_after_subscription_then_events() -> None:
     assert r.d.desired is None
     r.subscribe()
     d = r.d.desired
-    assert d is not None and d.cause == "poll" and d.event_time == 0.0
+    assert d is not None
+    assert d.cause == "poll"
+    assert d.event_time == 0.0
     assert [(e.address, e.first) for e in d.entries] == [("10.0.0.3", 443)]
     assert (d.transit_network, d.transit_v4, d.transit_v6) == (
         "proj_transit", "10.0.0.2", "fd00::2")
     assert r.d.self_id == ANCHORD["Id"]  # found by MAC
     nm = r.d.network_map
-    assert nm is not None and {(n.alias, n.mac) for n in nm.networks} == {
+    assert nm is not None
+    assert {(n.alias, n.mac) for n in nm.networks} == {
         ("lan", "02:42:00:00:00:01"), ("transit", "02:42:00:00:00:02")}
 
     # The backend moves: one event, a new generation carrying that event's time.
     r.api.docs[web()["Id"]] = web("10.0.0.9")
     r.event(web()["Id"], "start", 1234.5)
     d2 = r.d.desired
-    assert d2 is not None and d2.generation > d.generation
-    assert d2.cause == "event" and d2.event_time == pytest.approx(1234.5)
+    assert d2 is not None
+    assert d2.generation > d.generation
+    assert d2.cause == "event"
+    assert d2.event_time == pytest.approx(1234.5)
     assert d2.entries[0].address == "10.0.0.9"
 
 
@@ -173,7 +178,8 @@ def test_nothing_changed_means_no_new_generation() -> None:
     r.now += 31  # the safety-net poll finds the same state too
     r.d.step()
     assert r.d.polls == 2
-    assert r.d.desired.generation == gen and r.changes == changes  # type: ignore[union-attr]
+    assert r.d.desired.generation == gen  # type: ignore[union-attr]
+    assert r.changes == changes
 
 
 def test_api_loss_keeps_the_table_and_recovers() -> None:
@@ -186,17 +192,22 @@ def test_api_loss_keeps_the_table_and_recovers() -> None:
     r.now += 31
     r.d.step()  # poll fails
     assert r.d.desired is before
-    assert not r.d.connected and r.d.errors == 2
+    assert not r.d.connected
+    assert r.d.errors == 2
     cond, found = r.d.conditions()
-    assert cond.ok and "reconnecting" in cond.detail
-    assert found.key == "self" and found.ok, found
+    assert cond.ok
+    assert "reconnecting" in cond.detail
+    assert found.key == "self", found
+    assert found.ok, found
     assert r.d.counters().connected is False
     # Retries back off, but stay within seconds.
     assert 0 < r.d.timeout() <= 10
     del r.api.docs[web()["Id"]]
     r.api.down = False
     r.subscribe()
-    assert r.d.connected and r.d.desired is not None and r.d.desired.entries == ()
+    assert r.d.connected
+    assert r.d.desired is not None
+    assert r.d.desired.entries == ()
 
 
 def test_not_finding_itself_is_not_ready() -> None:
@@ -204,8 +215,10 @@ def test_not_finding_itself_is_not_ready() -> None:
     r = Rig(web())
     r.subscribe()
     docker, found = r.d.conditions()
-    assert docker.ok and docker.detail == "connected"
-    assert found.key == "self" and not found.ok, found
+    assert docker.ok
+    assert docker.detail == "connected"
+    assert found.key == "self", found
+    assert not found.ok, found
     assert "not among the containers of project 'proj'" in found.detail, found
     assert "no container of the project has a MAC" in found.detail, found
 
@@ -216,7 +229,9 @@ def test_never_answered_is_not_ready() -> None:
     r.now += 3
     r.d.step()
     (cond,) = r.d.conditions()
-    assert cond.key == "docker" and not cond.ok and "connection refused" in cond.detail
+    assert cond.key == "docker"
+    assert not cond.ok
+    assert "connection refused" in cond.detail
     assert r.d.desired is None
 
 
@@ -231,7 +246,8 @@ def test_other_projects_are_not_inspected_twice() -> None:
     r.event(stranger["Id"], "connect", 2.0, kind="network")  # network event: read once
     r.event(stranger["Id"], "disconnect", 3.0, kind="network")
     assert r.api.inspects == 1
-    assert r.d.desired is not None and r.d.desired.entries == ()
+    assert r.d.desired is not None
+    assert r.d.desired.entries == ()
 
 
 def test_network_events_of_unknown_containers_elsewhere_are_not_inspected() -> None:
@@ -245,11 +261,13 @@ def test_network_events_of_unknown_containers_elsewhere_are_not_inspected() -> N
     r.subscribe()
     before = r.api.inspects
     r.event(stranger["Id"], "connect", 2.0, kind="network", network="other_net")
-    assert r.api.inspects == before and r.d.events == 0
+    assert r.api.inspects == before
+    assert r.d.events == 0
     # A known container is followed on any network; an unknown one joining ours is read.
     r.event(mine["Id"], "connect", 3.0, kind="network", network="other_net")
     r.event("d" * 64, "connect", 4.0, kind="network", network="proj_transit")
-    assert r.api.inspects == before + 2 and r.d.events == 2
+    assert r.api.inspects == before + 2
+    assert r.d.events == 2
 
 
 def test_rebuild_time_is_the_transition_not_an_earlier_idle_event() -> None:
@@ -260,7 +278,8 @@ def test_rebuild_time_is_the_transition_not_an_earlier_idle_event() -> None:
     r.api.docs[stopped["Id"]] = web(started="1970-01-01T00:00:50Z")
     r.event(stopped["Id"], "stop", 40.0)
     d = r.d.desired
-    assert d is not None and len(d.entries) == 1
+    assert d is not None
+    assert len(d.entries) == 1
     assert d.event_time == pytest.approx(50.0)
 
 
@@ -270,16 +289,20 @@ def test_die_withdraws_at_once_without_waiting_on_an_inspect() -> None:
     running = web()
     r = Rig(ANCHORD, running)
     r.subscribe()
-    assert r.d.desired is not None and len(r.d.desired.entries) == 1
+    assert r.d.desired is not None
+    assert len(r.d.desired.entries) == 1
     generation, before = r.d.desired.generation, r.api.inspects
     r.event(running["Id"], "kill", 59.0)
     r.event(running["Id"], "die", 60.0)
     d = r.d.desired
-    assert r.api.inspects == before and d.generation > generation
-    assert d.entries == () and d.event_time == pytest.approx(60.0)
+    assert r.api.inspects == before
+    assert d.generation > generation
+    assert d.entries == ()
+    assert d.event_time == pytest.approx(60.0)
     r.api.docs[running["Id"]] = web(running=False)
     r.event(running["Id"], "stop", 60.5)
-    assert r.api.inspects == before + 1 and r.d.desired.generation == d.generation
+    assert r.api.inspects == before + 1
+    assert r.d.desired.generation == d.generation
 
 
 def test_self_not_found_reports_and_later_keeps_the_last_table() -> None:
@@ -287,13 +310,16 @@ def test_self_not_found_reports_and_later_keeps_the_last_table() -> None:
     r.d._macs = set  # nothing matches: not our namespace
     r.subscribe()
     d = r.d.desired
-    assert d is not None and d.entries == () and d.transit_network == ""
+    assert d is not None
+    assert d.entries == ()
+    assert d.transit_network == ""
     assert [x.kind for x in d.rejections] == ["no-transit"]
     r.d._macs = lambda: {"02:42:00:00:00:02"}
     r.now += 31
     r.d.step()
     good = r.d.desired
-    assert good is not None and len(good.entries) == 1
+    assert good is not None
+    assert len(good.entries) == 1
     # Our own container vanishing from a list (a glitch) must not replace a good table.
     del r.api.docs[ANCHORD["Id"]]
     r.now += 31
@@ -308,7 +334,8 @@ def test_vlan_parent_network_is_never_transit() -> None:
     r = Rig(ANCHORD, lan_web)
     r.subscribe()
     d = r.d.desired
-    assert d is not None and d.transit_network == "proj_transit"
+    assert d is not None
+    assert d.transit_network == "proj_transit"
     assert [x.kind for x in d.rejections] == ["no-transit"]
 
 
@@ -318,11 +345,14 @@ def test_vlan_parent_network_is_never_transit() -> None:
 def test_find_self_by_mac_then_by_host_name() -> None:
     other = info("e" * 64, "proj-x-1", networks={"proj_transit": ("10.0.0.5", "", "02:aa")})
     found, why = find_self([other, ANCHORD], {"02:42:00:00:00:01"}, "whatever")
-    assert found is ANCHORD and "MAC 02:42:00:00:00:01" in why
+    assert found is ANCHORD
+    assert "MAC 02:42:00:00:00:01" in why
     found, why = find_self([other, ANCHORD], set(), "a" * 12)
-    assert found is ANCHORD and "host name" in why
+    assert found is ANCHORD
+    assert "host name" in why
     found, why = find_self([other, ANCHORD], set(), "anchord")  # custom hostname, no MAC
-    assert found is None and "anchord" in why
+    assert found is None
+    assert "anchord" in why
 
 
 def test_choose_transit_by_count_then_name() -> None:
@@ -339,7 +369,8 @@ def test_choose_transit_by_count_then_name() -> None:
     assert choose_transit(me, [lab("1", "p_lan")], ["p_lan"])[0] == ""
     alone = info("g" * 64, "me", networks={"p_a": ("1", "", "m1"), "p_lan": ("3", "", "m3")})
     name, why = choose_transit(alone, [], ["p_lan"])
-    assert name == "p_a" and "only network" in why
+    assert name == "p_a"
+    assert "only network" in why
 
 
 def test_relevant_events() -> None:
@@ -381,7 +412,8 @@ def test_failed_event_read_relists_soon() -> None:
     r.api.down = False
     r.now += 0.5
     r.d.step()
-    assert r.d.desired is not None and r.d.desired.entries[0].address == "10.0.0.8"
+    assert r.d.desired is not None
+    assert r.d.desired.entries[0].address == "10.0.0.8"
 
 
 def test_a_backend_address_outside_the_transit_subnet_is_rejected() -> None:
@@ -389,8 +421,10 @@ def test_a_backend_address_outside_the_transit_subnet_is_rejected() -> None:
     r = Rig(ANCHORD, web(ip="172.16.9.9"))
     r.subscribe()
     d = r.d.desired
-    assert d is not None and d.entries == ()
+    assert d is not None
+    assert d.entries == ()
     assert [(x.container, x.kind) for x in d.rejections] == [("proj-web-1", "no-transit")]
     ok = Rig(ANCHORD, web(ip="10.0.0.3"))
     ok.subscribe()
-    assert ok.d.desired is not None and [e.address for e in ok.d.desired.entries] == ["10.0.0.3"]
+    assert ok.d.desired is not None
+    assert [e.address for e in ok.d.desired.entries] == ["10.0.0.3"]

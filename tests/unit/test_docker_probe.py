@@ -49,7 +49,8 @@ def test_slow_resolution_fails_within_the_probe_timeout(monkeypatch: pytest.Monk
         for t in both:
             t.join()
         assert time.monotonic() - start < PROBE_TIMEOUT + 0.5
-        assert len(errors) == 2 and all("does not resolve" in str(e) for e in errors), errors
+        assert len(errors) == 2, errors
+        assert all("does not resolve" in str(e) for e in errors), errors
         assert calls == ["docker-proxy"]
         # A later caller does not inherit a lookup older than its timeout (a proxy back
         # meanwhile must be seen at once), and the lookups in flight stay bounded.

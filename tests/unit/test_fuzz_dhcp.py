@@ -68,9 +68,11 @@ def _check(frame: bytes, xid: int) -> packets.Reply | None:
     except packets.Malformed as exc:
         assert exc.reason
         return None
-    assert reply.xid == xid and reply.msg_type in (packets.OFFER, packets.ACK, packets.NAK)
+    assert reply.xid == xid
+    assert reply.msg_type in (packets.OFFER, packets.ACK, packets.NAK)
     if reply.msg_type != packets.NAK:
-        assert _usable(reply.yiaddr) and reply.server_id
+        assert _usable(reply.yiaddr)
+        assert reply.server_id
         assert 0 <= reply.prefixlen <= 32
         assert reply.router == "" or _usable(reply.router)
         assert reply.msg_type == packets.OFFER or reply.lease_time > 0
@@ -206,20 +208,25 @@ def test_what_the_client_builds_parses_back_equal(msg_type: int, xid: int, hostn
                           server_id=server_id, ciaddr=ciaddr, secs=secs)
     payload = udp_payload4(frame)
     assert len(payload) >= packets.MIN_BOOTP
-    assert payload[0] == 1 and struct.unpack("!I", payload[4:8])[0] == xid
+    assert payload[0] == 1
+    assert struct.unpack("!I", payload[4:8])[0] == xid
     assert struct.unpack("!H", payload[8:10])[0] == min(secs, 0xFFFF)
     assert str(ipaddress.IPv4Address(payload[12:16])) == ciaddr
-    assert payload[28:34] == packets.mac_bytes(MAC) and payload[236:240] == packets.MAGIC
+    assert payload[28:34] == packets.mac_bytes(MAC)
+    assert payload[236:240] == packets.MAGIC
     options = packets.all_options(payload)
-    assert options[53] == bytes([msg_type]) and options[61] == packets.client_id(MAC)
+    assert options[53] == bytes([msg_type])
+    assert options[61] == packets.client_id(MAC)
     assert options.get(50, b"") == (ipaddress.IPv4Address(requested).packed if requested else b"")
     assert options.get(54, b"") == (ipaddress.IPv4Address(server_id).packed if server_id
                                     else b"")
     if msg_type in (packets.DISCOVER, packets.REQUEST, packets.INFORM):
         if "." in hostname:
-            assert 12 not in options and options[81] == packets.fqdn(hostname)
+            assert 12 not in options
+            assert options[81] == packets.fqdn(hostname)
         else:
-            assert 81 not in options and options[12] == hostname.encode()
+            assert 81 not in options
+            assert options[12] == hostname.encode()
 
 
 @FUZZ
@@ -315,7 +322,8 @@ def test_a_mutated_real_lease_file_loads_valid_or_nothing(data: bytes) -> None:
     for family, lease in leases.items():
         assert lease.family == family
         address = ipaddress.ip_address(lease.address)
-        assert address.version == family and not address.is_multicast
+        assert address.version == family
+        assert not address.is_multicast
         assert 1 <= lease.prefixlen <= (32 if family == 4 else 128)
         for value in (lease.lease_time, lease.t1, lease.t2, lease.acquired, lease.preferred):
             assert 0 <= value <= 0xFFFFFFFF * 2

@@ -48,7 +48,8 @@ ALL_SEEDS = DHCP6_SEEDS + RA_SEEDS
 
 def _payload(frame: bytes) -> bytes:
     kind, payload = packets6.classify(frame, MAC)
-    assert kind == "dhcp6" and isinstance(payload, bytes)
+    assert kind == "dhcp6"
+    assert isinstance(payload, bytes)
     return payload
 
 
@@ -63,10 +64,12 @@ def _check_frame(frame: bytes) -> None:
         assert ipaddress.IPv6Address(value.source).is_link_local
         assert 0 <= value.lifetime <= 0xFFFF
     elif kind == "dhcp6":
-        assert isinstance(value, bytes) and len(value) <= packets6.MAX_MESSAGE
+        assert isinstance(value, bytes)
+        assert len(value) <= packets6.MAX_MESSAGE
         _check_payload(value, int.from_bytes(value[1:4], "big") if len(value) >= 4 else 0)
     else:
-        assert kind == "other" and value is None
+        assert kind == "other"
+        assert value is None
 
 
 def _check_payload(payload: bytes, xid: int) -> None:
@@ -79,13 +82,17 @@ def _check_payload(payload: bytes, xid: int) -> None:
     assert 2 < len(reply.server_duid) <= 130
     if reply.address:
         address = ipaddress.IPv6Address(reply.address)
-        assert not (address.is_multicast or address.is_link_local or address.is_unspecified)
-        assert reply.status == 0 and reply.preferred <= reply.valid
+        assert not (address.is_multicast)
+        assert not (address.is_link_local)
+        assert not (address.is_unspecified)
+        assert reply.status == 0
+        assert reply.preferred <= reply.valid
 
 
 def test_every_seed_is_valid() -> None:
     kinds = [packets6.classify(frame, MAC)[0] for frame in ALL_SEEDS]
-    assert kinds.count("ra") == len(RA_SEEDS) and kinds.count("dhcp6") == len(DHCP6_SEEDS)
+    assert kinds.count("ra") == len(RA_SEEDS)
+    assert kinds.count("dhcp6") == len(DHCP6_SEEDS)
     for frame in DHCP6_SEEDS:
         payload = _payload(frame)
         assert packets6.parse_reply(payload, int.from_bytes(payload[1:4], "big"), DUID,
@@ -155,10 +162,12 @@ def test_what_the_client_builds_carries_its_fields(msg_type: int, xid: int, iaid
                            address=address, server_duid=server, elapsed=elapsed)
     assert frame[54 + 2:54 + 4] == b"\x02\x23"  # to port 547
     payload = frame[54 + 8:]
-    assert payload[0] == msg_type and int.from_bytes(payload[1:4], "big") == xid
+    assert payload[0] == msg_type
+    assert int.from_bytes(payload[1:4], "big") == xid
     options = dict(tlv6(payload[4:]))
     assert _encode6(tlv6(payload[4:])) == payload[4:]  # a clean walk, nothing left over
-    assert options[packets6.OPT_CLIENTID] == DUID and options[packets6.OPT_SERVERID] == server
+    assert options[packets6.OPT_CLIENTID] == DUID
+    assert options[packets6.OPT_SERVERID] == server
     assert options[packets6.OPT_ELAPSED] == struct.pack("!H", elapsed)
     ia = options[packets6.OPT_IA_NA]
     assert struct.unpack("!I", ia[:4])[0] == iaid

@@ -44,7 +44,8 @@ def test_a_label_is_parsed_or_rejected_with_its_reason(value: str) -> None:
     except LabelError as exc:
         assert str(exc)
         return
-    assert ranges and all(1 <= r.first <= r.last <= 65535 for r in ranges)
+    assert ranges
+    assert all(1 <= r.first <= r.last <= 65535 for r in ranges)
 
 
 ports = st.integers(min_value=1, max_value=65535)
@@ -83,11 +84,14 @@ def test_an_environment_value_is_accepted_or_refused_in_one_line(variable: str,
     try:
         cfg = config.load(env, mode="network-anchor")
     except config.ConfigError as exc:
-        assert "\n" not in str(exc) and variable in str(exc)
+        assert "\n" not in str(exc)
+        assert variable in str(exc)
         return
     assert isinstance(cfg, config.NetworkAnchorConfig)
-    assert 1.0 <= cfg.poll_interval <= 3600 and 1.0 <= cfg.dhcp_backoff_max <= 86400
-    assert str(cfg.run_dir) != "/" and str(cfg.state_dir) != "/"
+    assert 1.0 <= cfg.poll_interval <= 3600
+    assert 1.0 <= cfg.dhcp_backoff_max <= 86400
+    assert str(cfg.run_dir) != "/"
+    assert str(cfg.state_dir) != "/"
 
 
 MAC = "02:42:aa:bb:cc:dd"

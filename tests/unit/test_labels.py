@@ -105,8 +105,11 @@ def test_bad_label_rejects_that_container_only() -> None:
     t = build_table([view("good", "tcp/80"), view("bad", "tcp/81,tcp/0", v4="10.0.0.9")], "t")
     assert [e.container for e in t.entries] == ["good"]
     (r,) = t.rejections
-    assert r.kind == "label" and r.container == "bad"
-    assert "bad" in r.reason and "'tcp/0'" in r.reason and EXPOSE_LABEL in r.reason
+    assert r.kind == "label"
+    assert r.container == "bad"
+    assert "bad" in r.reason
+    assert "'tcp/0'" in r.reason
+    assert EXPOSE_LABEL in r.reason
 
 
 def test_bad_v6_label_is_named() -> None:
@@ -124,7 +127,8 @@ def test_bad_label_reported_even_when_stopped() -> None:
 def test_unlabelled_and_stopped_containers_are_silent() -> None:
     t = build_table([view("plain", None), view("stopped", "tcp/80", running=False, v4="")], "t")
     assert t == build_table([], "t")
-    assert t.entries == () and t.rejections == ()
+    assert t.entries == ()
+    assert t.rejections == ()
 
 
 def test_no_transit_address_is_reported_with_owner() -> None:
@@ -146,8 +150,10 @@ def test_conflict_first_created_wins_whatever_the_input_order() -> None:
         assert {(e.first, e.container) for e in t.entries} == {
             (80, "zeta"), (443, "alpha"), (8080, "alpha")}
         (r,) = t.rejections
-        assert r.kind == "conflict" and r.container == "zeta"
-        assert "tcp/443" in r.reason and "alpha" in r.reason
+        assert r.kind == "conflict"
+        assert r.container == "zeta"
+        assert "tcp/443" in r.reason
+        assert "alpha" in r.reason
 
 
 def test_conflict_tie_on_created_goes_by_name() -> None:
@@ -165,14 +171,16 @@ def test_range_overlap_rejects_the_later_entry_whole() -> None:
         ("udp", 1000, 2000, "first"), ("udp", 3000, 3000, "second"),
         ("tcp", 1500, 1500, "second")}
     (r,) = t.rejections
-    assert "udp/1990-2010" in r.reason and "udp/1000-2000" in r.reason
+    assert "udp/1990-2010" in r.reason
+    assert "udp/1000-2000" in r.reason
 
 
 def test_stopped_first_container_holds_no_claim() -> None:
     first = view("first", "tcp/80", running=False, v4="", created="2026-01-01T00:00:00Z")
     second = view("second", "tcp/80", v4="10.0.0.3", created="2026-01-01T00:00:01Z")
     t = build_table([first, second], "t")
-    assert [e.container for e in t.entries] == ["second"] and t.rejections == ()
+    assert [e.container for e in t.entries] == ["second"]
+    assert t.rejections == ()
 
 
 def test_unhealthy_winner_keeps_claim_but_has_no_backend() -> None:
@@ -218,7 +226,8 @@ def test_an_unchanged_container_keeps_the_same_group_objects() -> None:
     second = build_table([big, view("web", "tcp/80", v4="10.0.0.3")], "t")
     (big_1,) = (g for g in first.groups if g.container == "big")
     (big_2,) = (g for g in second.groups if g.container == "big")
-    assert big_1 is big_2 and len(big_1.ports) == 5000
+    assert big_1 is big_2
+    assert len(big_1.ports) == 5000
     assert [g.address for g in second.groups if g.container == "web"] == ["10.0.0.3"]
 
 

@@ -77,7 +77,7 @@ def test_a_filter_without_fields_is_a_plain_dump() -> None:
 
 
 @pytest.mark.parametrize("direction", ["orig", "reply"])
-@pytest.mark.parametrize("family, match", [
+@pytest.mark.parametrize(("family", "match"), [
     (V4, Tuple(daddr="192.0.2.50")),
     (V4, Tuple(saddr="172.31.0.11", proto=6, sport=80)),
     (V4, Tuple(saddr="10.0.0.1", daddr="10.0.0.2", proto=17, sport=1, dport=65535)),
@@ -98,7 +98,7 @@ def test_requests_are_what_pyroute2_sent_before(family: int, match: Tuple, direc
     assert dump_request(family, direction, match) == bytes(msg.data[HEADER.size:])
 
 
-@pytest.mark.parametrize("orig, reply", [UDP4, TCP6], ids=["udp4", "tcp6"])
+@pytest.mark.parametrize(("orig", "reply"), [UDP4, TCP6], ids=["udp4", "tcp6"])
 def test_an_entry_round_trips(orig: Tuple, reply: Tuple) -> None:
     family = V6 if ":" in (orig.saddr or "") else V4
     entry = decode_entry(entry_message(family, orig, reply), family)
@@ -173,7 +173,7 @@ def bare(*attributes: bytes) -> Message:
 GOOD = inner(V4, GOOD_IP, GOOD_PROTO)
 
 
-@pytest.mark.parametrize("msg, family", [
+@pytest.mark.parametrize(("msg", "family"), [
     pytest.param(GOOD._replace(type=message_type(IPCTNL_MSG_CT_DELETE)), V4, id="not-an-entry"),
     pytest.param(GOOD._replace(payload=b"\x02\x00\x00"), V4, id="short-header"),
     pytest.param(GOOD, V6, id="family-not-the-dumps"),

@@ -64,7 +64,8 @@ def test_a_lost_message_is_repaired_by_the_periodic_pass() -> None:
     ct.flows = [(4, "udp", 53, "10.0.0.1")]  # pinned to the old backend
     assert f.due() == []  # not yet time
     clock[0] += RECONCILE_EVERY
-    assert [m.removed for m in f.due()] == [1] and ct.flows == []
+    assert [m.removed for m in f.due()] == [1]
+    assert ct.flows == []
 
 
 def test_lease_change_and_loss_flush_the_old_address_once() -> None:

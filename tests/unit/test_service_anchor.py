@@ -107,7 +107,8 @@ def test_outcome_of_tells_a_missing_name_from_a_resolver_failure() -> None:
 
 def test_first_answer_installs_route_and_makes_ready(keeper: Any) -> None:
     k, routes, metrics, _ = keeper
-    assert k.unmet() and k.unmet()[0].startswith("default_route: ")
+    assert k.unmet()
+    assert k.unmet()[0].startswith("default_route: ")
     k.handle(ok(V4, "10.0.0.1"))
     assert routes.slot[V4] == "10.0.0.1"
     assert k.unmet() == []
@@ -141,7 +142,8 @@ def test_route_changed_behind_its_back_is_put_back_at_next_answer(keeper: Any) -
     k.refresh()
     assert k.unmet()  # no longer via the gateway: not ready
     k.handle(ok(V4, "10.0.0.1"))
-    assert routes.slot[V4] == "10.0.0.1" and k.unmet() == []
+    assert routes.slot[V4] == "10.0.0.1"
+    assert k.unmet() == []
 
 
 def test_failure_keeps_last_route_and_retries_with_backoff(keeper: Any) -> None:
@@ -149,7 +151,8 @@ def test_failure_keeps_last_route_and_retries_with_backoff(keeper: Any) -> None:
     k.handle(ok(V4, "10.0.0.1"))
     assert k.states[V4].due == clock.now + 5.0
     k.handle(failed(V4))
-    assert routes.slot[V4] == "10.0.0.1" and k.unmet() == []
+    assert routes.slot[V4] == "10.0.0.1"
+    assert k.unmet() == []
     assert k.states[V4].due == clock.now + sa.BACKOFF_FIRST
     k.handle(failed(V4, "error"))
     assert k.states[V4].due == clock.now + 2 * sa.BACKOFF_FIRST
@@ -166,14 +169,16 @@ def test_nothing_resolves_reports_why_not_ready(keeper: Any) -> None:
     k.handle(failed(V6))
     (line,) = k.unmet()
     assert line.startswith("default_route: none via anchord")
-    assert "ipv4: [Errno -2]" in line and "ipv6: [Errno -2]" in line
+    assert "ipv4: [Errno -2]" in line
+    assert "ipv6: [Errno -2]" in line
 
 
 def test_refused_replace_counts_error_retries_soon_and_stays_unready(keeper: Any) -> None:
     k, routes, metrics, clock = keeper
     routes.refuse = "10.9.9.9"
     k.handle(ok(V4, "10.9.9.9"))
-    assert routes.slot[V4] is None and k.unmet()
+    assert routes.slot[V4] is None
+    assert k.unmet()
     assert sample(metrics, "anchord_gateway_route_errors_total", family="ipv4") == 1
     assert k.states[V4].due == clock.now + sa.BACKOFF_FIRST
 
@@ -191,7 +196,8 @@ def test_existing_route_via_the_answer_is_adopted_without_a_write(keeper: Any) -
     k, routes, _, _ = keeper
     routes.slot[V4] = "10.0.0.1"  # left by a previous instance
     k.handle(ok(V4, "10.0.0.1"))
-    assert routes.replaces == [] and k.unmet() == []
+    assert routes.replaces == []
+    assert k.unmet() == []
     k.teardown()
     assert routes.slot[V4] is None
 
@@ -204,13 +210,17 @@ def test_health_file_follows_readiness(keeper: Any, tmp_path: Path) -> None:
     path = tmp_path / HEALTH_FILE
     k.refresh()
     state = json.loads(path.read_text())
-    assert state["ready"] is False and "default_route" in state["unmet"]
+    assert state["ready"] is False
+    assert "default_route" in state["unmet"]
     healthy, message = health.check(tmp_path)  # what `anchord healthcheck` runs
-    assert not healthy and "default_route: none via anchord" in message
-    assert state["pid"] == os.getpid() and state["mode"] == "service-anchor"
+    assert not healthy
+    assert "default_route: none via anchord" in message
+    assert state["pid"] == os.getpid()
+    assert state["mode"] == "service-anchor"
     k.handle(ok(V4, "10.0.0.1"))
     state = json.loads(path.read_text())
-    assert state["ready"] is True and state["unmet"] == {}
+    assert state["ready"] is True
+    assert state["unmet"] == {}
     assert health.check(tmp_path) == (True, "ready")
     assert state["routes"] == {"ipv4": "10.0.0.1", "ipv6": None}
     assert state["time"] > 0
@@ -261,7 +271,8 @@ def test_lookups_deliver_results_wake_the_loop_and_run_one_per_family() -> None:
     r, w = os.pipe()
     try:
         lookups = sa.Lookups("anchord", w, resolver=resolver)
-        assert lookups.start(V4) and lookups.start(V6)
+        assert lookups.start(V4)
+        assert lookups.start(V6)
         assert not lookups.start(V4)  # still running
         assert lookups.results() == []
         release.set()

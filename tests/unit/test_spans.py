@@ -24,9 +24,11 @@ def test_overlapping_matches_a_scan_as_ranges_come_and_go() -> None:
             gone = rng.choice(sorted(plain))
             spans.remove(*gone)
             plain.discard(gone)
-        assert list(spans) == sorted(plain) and len(spans) == len(plain)
+        assert list(spans) == sorted(plain)
+        assert len(spans) == len(plain)
     copy = spans.copy()
     copy.add(5000, 5001)
-    assert copy != spans and list(spans) == sorted(plain)
+    assert copy != spans
+    assert list(spans) == sorted(plain)
     with pytest.raises(KeyError):
         spans.remove(5000, 5001)

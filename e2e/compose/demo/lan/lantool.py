@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import socket
@@ -65,21 +66,16 @@ def serve_tcp(name: str, port: int) -> None:
     s.listen(64)
     while True:
         conn, peer = s.accept()
-        with conn:
-            try:
-                conn.sendall(answer(name, "tcp", port, peer[0]))
-            except OSError:
-                pass
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(answer(name, "tcp", port, peer[0]))
 
 
 def serve_udp(name: str, port: int) -> None:
     s = _bound(socket.SOCK_DGRAM, port)
     while True:
         _, peer = s.recvfrom(2048)
-        try:
+        with contextlib.suppress(OSError):
             s.sendto(answer(name, "udp", port, peer[0]), peer)
-        except OSError:
-            pass
 
 
 def start_servers(name: str, tcp: list[int], udp: list[int]) -> None:
