@@ -288,11 +288,15 @@ class EventStream:
     def _read(self) -> bytes:
         try:
             return self._response.read1(65536)
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            # ValueError: the file was closed under us (close() from another thread).
+        except Exception as exc:
             if self._closed:
+                # Closed under us by another thread: the read fails in whatever way the
+                # response's state at that instant makes it (OSError, ValueError of a closed
+                # file, AttributeError of a file already let go of): that is the end.
                 return b""
-            raise _failed(exc, self._target) from exc
+            if isinstance(exc, (OSError, ValueError, http.client.HTTPException)):
+                raise _failed(exc, self._target) from exc
+            raise
 
     def close(self) -> None:
         with self._lock:
