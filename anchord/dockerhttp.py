@@ -11,7 +11,7 @@ answers mean are the callers' business (``anchord.docker_api``, ``anchord.docker
 ``anchord.selfproject``).
 
 It replaces docker-py, whose import (with requests, urllib3, idna, charset_normalizer) cost the
-discovery worker 12 MB of memory and a tenth of a second at start for four GET calls.
+discovery worker 8.5 MiB of RSS and 65 ms at start for four GET calls and the event stream.
 """
 
 from __future__ import annotations
