@@ -153,8 +153,8 @@ def parse_bool(variable: str, value: str) -> bool:
 
 
 def parse_docker_host(value: str) -> str:
-    """``unix:///absolute/path`` or ``tcp://host:port`` (what docker-py and our own
-    self-lookup both speak)."""
+    """``unix:///absolute/path`` or ``tcp://host:port`` (what ``anchord.dockerhttp``
+    speaks)."""
     variable = "DOCKER_HOST"
     expected = "unix:///path/to/docker.sock or tcp://host:port"
     if value.startswith("unix://"):

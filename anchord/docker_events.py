@@ -1,8 +1,9 @@
 """The Docker event stream, kept alive in a thread of its own.
 
-Owns the one subscription discovery holds: docker-py ends an event stream *quietly* (plain
-StopIteration) when the daemon or a socket proxy goes away, so ``EventPump`` treats any end of
-the stream as the API being lost, reports it, and subscribes again with backoff. Every
+Owns the one subscription discovery holds: an event stream ends *quietly* (plain
+StopIteration) when the daemon or a socket proxy ends it, and with an ``ApiError`` when the
+connection breaks, so ``EventPump`` treats any end of the stream as the API being lost, reports
+it, and subscribes again with backoff. Every
 subscription asks the daemon to replay from a second before it was made (``since``): Docker
 flushes the response headers before it registers the subscriber, so without the replay an event
 in between would be lost. The consumer re-lists after each ``subscribed`` report; events are only
@@ -21,11 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import docker
-
 from anchord.backoff import Backoff
 from anchord.docker_api import connect
 from anchord.docker_reach import DockerUnavailable, Reachability
+from anchord.dockerhttp import ApiError, DockerHttp, EventStream
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ class EventPump:
     """A thread that keeps one Docker event subscription alive and queues what it reads.
 
     The main loop waits on ``fileno()`` (a pipe written once per report) and calls
-    ``drain()``. The thread has its own API client: docker-py clients are not shared
-    across threads.
+    ``drain()``. The thread has its own API client: clients are not shared across threads.
     """
 
     def __init__(self, docker_host: str, backoff_min: float = 0.5, backoff_max: float = 0.5):
@@ -61,7 +60,7 @@ class EventPump:
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)
         self._stop = threading.Event()
-        self._stream: Any = None
+        self._stream: EventStream | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="docker-events", daemon=True)
 
@@ -80,9 +79,7 @@ class EventPump:
         with self._lock:
             stream = self._stream
         if stream is not None:
-            # closing a dead stream may fail in many ways
-            with contextlib.suppress(Exception):
-                stream.close()
+            stream.close()  # wakes the thread's blocked read
         if started:
             self._thread.join(timeout)
         for fd in (self._rfd, self._wfd):
@@ -119,13 +116,14 @@ class EventPump:
     def _run(self) -> None:
         since = time.time()
         while not self._stop.is_set():
-            api: docker.APIClient | None = None
+            api: DockerHttp | None = None
             try:
                 api = connect(self.docker_host, self._reach)
                 # Replay from a second before: Docker registers the subscriber only after it
-                # sent the headers, so an event in between would otherwise be lost.
+                # sent the headers, so an event in between would otherwise be lost. No read
+                # timeout: Docker sends nothing while nothing happens.
                 stream = api.events(since=int(since) - 1,
-                                    filters={"type": ["container", "network"]}, decode=True)
+                                    filters={"type": ["container", "network"]})
                 with self._lock:
                     self._stream = stream
                 if self._stop.is_set():
@@ -138,15 +136,15 @@ class EventPump:
                 error = "the event stream ended (daemon or proxy gone)"
             except DockerUnavailable as exc:
                 error = str(exc)
+            except ApiError as exc:
+                error = f"event stream failed: {exc}"
             except Exception as exc:  # noqa: BLE001 - any failure of the stream is the API lost
                 error = f"event stream failed: {exc!r}"
             finally:
                 with self._lock:
-                    stream, self._stream = self._stream, None
-                if stream is not None:
-                    # closing a dead stream may fail in many ways
-                    with contextlib.suppress(Exception):
-                        stream.close()
+                    held, self._stream = self._stream, None
+                if held is not None:
+                    held.close()
                 if api is not None:
                     api.close()
             if self._stop.is_set():

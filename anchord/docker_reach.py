@@ -1,11 +1,12 @@
-"""Whether the Docker API's endpoint is there, answered fast and without leaking sockets.
+"""Whether the Docker API's endpoint is there, answered fast.
 
-Owns the check made before docker-py is asked anything: a ``unix://`` socket must accept a
-connection (docker-py's unix transport does not close its socket when ``connect`` fails, and
-while the API is down we retry often); a ``tcp://`` host name (a socket proxy) must resolve
-within PROBE_TIMEOUT and accept a TCP connection within it (docker-py would block up to 10 s on
-either, and Docker's DNS takes 10 s to give up on the name of a stopped proxy on an internal
-network; discovery's loop must not block that long).
+Owns the check made before a client connects (``anchord.docker_api.connect``) and before each
+call on a connected one: a ``tcp://`` host name (a socket proxy) must resolve within
+PROBE_TIMEOUT and, before connecting, accept a TCP connection within it (the HTTP client would
+block up to its 10 s timeout on either, and Docker's DNS takes 10 s to give up on the name of a
+stopped proxy on an internal network; discovery's loop must not block that long). A ``unix://``
+socket must accept a connection before a client is made (cheap, and the error names the
+socket plainly); a connected client finds a socket gone at its next call, unchecked.
 
 ``getaddrinfo`` has no timeout, so a lookup runs in a thread that the caller stops waiting for.
 Each :class:`Reachability` keeps its own lookups in flight: a caller that gave up on a lookup
@@ -40,11 +41,12 @@ class Reachability:
 
     def check(self, docker_host: str, timeout: float, connect: bool = True) -> None:
         """Raise DockerUnavailable unless the endpoint is there (with ``connect``: accepts a
-        connection; without: for ``tcp://``, the name resolves)."""
+        connection; without: for ``tcp://``, the name resolves, and ``unix://`` is not
+        checked)."""
         if docker_host.startswith(("tcp://", "http://")):
             self._tcp(docker_host, min(timeout, PROBE_TIMEOUT), connect)
             return
-        if not docker_host.startswith("unix://"):
+        if not docker_host.startswith("unix://") or not connect:
             return
         path = docker_host[len("unix://"):]
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -61,7 +63,7 @@ class Reachability:
         try:
             port = int(port_text)
         except ValueError:
-            return  # let docker-py report a malformed DOCKER_HOST
+            return  # the client reports a malformed DOCKER_HOST
         answers = self._resolve(host, port, timeout)
         if answers is None:
             raise DockerUnavailable(f"{docker_host}: {host} does not resolve within {timeout:g}s")

@@ -9,19 +9,17 @@ different label is a mistake that would expose nothing, and is refused at start.
 This container is found by its host name, which Docker sets to the first 12 hex digits of the
 container id unless the Compose file overrides it; the answer is only believed when the id
 starts with that name. One ``GET /containers/<host name>/json`` (allowed by the GET-only
-proxy), spoken with the standard library: the entry process stays small (no docker-py).
+proxy), through ``anchord.dockerhttp`` (standard library only): the entry process stays small.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
 import re
-import socket
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
+
+from anchord.dockerhttp import ApiError, DockerHttp, HttpStatusError, MalformedAnswer, path
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +32,6 @@ class SelfUnknown(Exception):
     """Docker did not (yet) say which project this container belongs to."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def _connection(docker_host: str, timeout: float) -> http.client.HTTPConnection:
-    if docker_host.startswith("unix://"):
-        return _UnixConnection(docker_host[len("unix://"):], timeout)
-    parts = urlsplit(docker_host.replace("tcp://", "http://", 1))
-    if parts.scheme != "http" or not parts.hostname:
-        raise SelfUnknown(f"DOCKER_HOST {docker_host!r} is neither unix:// nor tcp://")
-    return http.client.HTTPConnection(parts.hostname, parts.port or 2375, timeout=timeout)
-
-
 def own_project(docker_host: str, hostname: str, timeout: float = REQUEST_TIMEOUT) -> str:
     """The Compose project label of the container whose id starts with ``hostname``."""
     host = hostname.strip().lower()
@@ -66,23 +39,19 @@ def own_project(docker_host: str, hostname: str, timeout: float = REQUEST_TIMEOU
         raise SelfUnknown(f"the host name {hostname!r} is not a container id (a `hostname:` in "
                           "the Compose file?), so Docker cannot be asked which container this is")
     try:
-        conn = _connection(docker_host, timeout)
-        try:
-            conn.request("GET", f"/containers/{host}/json")
-            response = conn.getresponse()
-            body = response.read()
-        finally:
-            conn.close()
-    except (OSError, http.client.HTTPException) as exc:
+        with DockerHttp(docker_host, timeout=timeout) as client:
+            doc = client.get(path("/containers/{}/json", host), versioned=False)
+    except HttpStatusError as exc:
+        raise SelfUnknown(f"the Docker API at {docker_host} answered {exc.status} for "
+                          f"container {host}") from exc
+    except MalformedAnswer as exc:
+        raise SelfUnknown(f"unreadable answer from the Docker API: {exc}") from exc
+    except ApiError as exc:
         raise SelfUnknown(f"no answer from the Docker API at {docker_host}: {exc}") from exc
-    if response.status != 200:
-        raise SelfUnknown(f"the Docker API at {docker_host} answered {response.status} for "
-                          f"container {host}")
     try:
-        doc = json.loads(body)
         cid = str(doc.get("Id") or "")
         labels = (doc.get("Config") or {}).get("Labels") or {}
-    except (ValueError, AttributeError) as exc:
+    except AttributeError as exc:
         raise SelfUnknown(f"unreadable answer from the Docker API: {exc}") from exc
     if not cid.startswith(host):
         raise SelfUnknown(f"container {host} is not this one (its id is {cid[:12]})")
