@@ -140,7 +140,7 @@ def test_lease_rotation_moves_to_the_new_address_without_restart(bed: Lan) -> No
     assert worker.addresses(4) == [f"{LAN_V4}.180/24"]
     assert f"default via {LAN_V4}.1 dev anchord-ext" in bed.anchor.run("ip", "-4", "route")
     lost = [e["data"] for e in worker.published() if e["topic"] == "LeaseLost/"]
-    assert lost
+    assert lost  # for the conntrack flusher
     assert lost[-1]["address"] == first["address"]
     assert worker.proc is not None
     assert worker.proc.poll() is None

@@ -324,7 +324,7 @@ def test_decoded_events_are_immutable_structs_and_records() -> None:
     assert entry._asdict()["address"] == entry.address
     assert msgspec.structs.replace(decoded, generation=8).generation == 8
     again = decode(encode(big_table(300), "t", 1)).event
-    assert hash(again) == hash(decoded)
+    assert hash(again) == hash(decoded)  # hashable
     assert again in {decoded}
 
 

@@ -45,7 +45,7 @@ def test_derived_mac_is_stable_and_distinct() -> None:
     assert derive_mac("mail") == "02:42:00:d8:d3:f1"
     assert derive_mac("mail") != derive_mac("cloud")
     first = int(derive_mac("mail")[:2], 16)
-    assert first & 2
+    assert first & 2  # locally administered, unicast
     assert not first & 1
 
 

@@ -119,7 +119,7 @@ def test_discover_offer_request_ack_probe_bind() -> None:
     assert request[12] == b"proj"
     assert request[61] == b"\x01" + packets.mac_bytes(MAC)
     assert request[50] == bytes([10, 0, 0, 5])
-    assert 81 not in request
+    assert 81 not in request  # RFC 4702: 12 only
     assert 121 in request[55]
 
 

@@ -216,7 +216,7 @@ def test_first_solicit_within_sol_max_delay_from_the_kernels_link_local() -> Non
     import ipaddress
     assert str(ipaddress.IPv6Address(frame[22:38])) == LL
     oro = sent_option(host.dhcp()[-1], 6)
-    assert oro is not None
+    assert oro is not None  # the Option Request option asks for SOL_MAX_RT
     assert 82 in struct.unpack(f"!{len(oro) // 2}H", oro)
 
 
@@ -233,7 +233,7 @@ def test_no_link_local_yet_only_router_solicitations_from_unspecified() -> None:
     assert st(client) == State.SOLICITING
     assert "no link-local" in client.describe()
     rs = host.rs_frames()[0]
-    assert rs[22:38] == b"\x00" * 16
+    assert rs[22:38] == b"\x00" * 16  # from ::, without an SLLAO
     assert len(rs) == 54 + 8
     host.addrs[LL] = Addr6(LL, 64, IFA_F_PERMANENT, RT_SCOPE_LINK, 0xFFFFFFFF, 0xFFFFFFFF)
     clock.advance(0.2)
@@ -304,7 +304,7 @@ def test_reply_installs_then_bound_only_after_dad_with_unsolicited_na() -> None:
     assert st(client) == State.DAD
     assert host.applied[-1][0] == ADDR
     assert client.current() is None
-    assert host.changes == []
+    assert host.changes == []  # tentative: not reported
     for _ in range(5):
         clock.advance(0.1)
         client.tick()
@@ -448,7 +448,7 @@ def test_nobinding_to_renew_or_rebind_requests_the_same_address(rebind: bool) ->
     assert request[0] == packets6.REQUEST
     assert sent_address(request) == ADDR
     assert sent_option(request, 2) == SERVER_B
-    assert host.removed == []
+    assert host.removed == []  # the address stays meanwhile
     assert client.current() is not None
     client._on_dhcp6(answer(client, packets6.REPLY, server=SERVER_B, t1=100, t2=300,
                             valid=1000))
