@@ -27,6 +27,8 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -290,16 +292,42 @@ def import_profile(anchor: str, web_anchor: str) -> dict[str, list[tuple[str, in
 
 
 def image_size(image: str) -> dict[str, Any]:
-    save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-    gz = subprocess.run(["gzip", "-c"], stdin=save.stdout, capture_output=True, timeout=600)
-    save.wait(600)
+    """Compressed (``docker save | gzip -c | wc -c``) and uncompressed size, and where the
+    bytes are: the largest directories over all layers, read from the saved tar (no
+    container is started)."""
+    with tempfile.TemporaryDirectory(prefix="bench-image-") as tmp:
+        tar = Path(tmp) / "image.tar"
+        with tar.open("wb") as f:
+            subprocess.run(["docker", "save", image], stdout=f, check=True, timeout=600)
+        with tar.open("rb") as f:
+            gz = subprocess.run(["gzip", "-c"], stdin=f, capture_output=True, check=True,
+                                timeout=600)
+        dirs: dict[str, int] = {}
+        with tarfile.open(tar) as outer:
+            for member in outer.getmembers():
+                if not member.name.endswith("layer.tar"):
+                    continue
+                layer = outer.extractfile(member)
+                if layer is None:
+                    continue
+                with tarfile.open(fileobj=layer) as inner:
+                    for m in inner.getmembers():
+                        if m.isfile():
+                            key = _bucket(m.name)
+                            dirs[key] = dirs.get(key, 0) + m.size
     size = int(sh("docker", "image", "inspect", "-f", "{{.Size}}", image).strip())
-    layers = sh("docker", "history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}",
-                image).splitlines()
-    big = subprocess.run(
-        ["docker", "run", "--rm", "--entrypoint", "sh", image, "-c",
-         "du -sk /usr/local/lib/python3*/site-packages/* /usr/lib/python3* "
-         "/usr/lib/x86_64-linux-gnu /usr/share 2>/dev/null | sort -rn | head -12"],
-        capture_output=True, text=True, timeout=120).stdout.splitlines()
+    largest = sorted(dirs.items(), key=lambda kv: -kv[1])[:15]
     return {"compressed": len(gz.stdout), "uncompressed": size,
-            "layers": [ln[:160] for ln in layers][:12], "largest_dirs": big}
+            "largest_dirs": [f"{n / 1e6:7.1f} MB  {d}" for d, n in largest]}
+
+
+def _bucket(path: str) -> str:
+    """A path's directory at a depth that says something: a package under site-packages,
+    else two levels (usr/lib/x86_64-linux-gnu, usr/share/...)."""
+    parts = path.removeprefix("./").split("/")
+    if "site-packages" in parts:
+        i = parts.index("site-packages")
+        return "/".join(parts[:i + 2])
+    if parts[:2] in (["usr", "lib"], ["usr", "share"]) and len(parts) > 3:
+        return "/".join(parts[:3])
+    return "/".join(parts[:2]) if len(parts) > 2 else path
