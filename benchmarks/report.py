@@ -37,6 +37,7 @@ from benchmarks.common import conditions, docker_lock, load, median, pct
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1e6
+PARTIAL: Path | None = None  # results.json, re-written after each section
 
 
 # --- running -----------------------------------------------------------------------------
@@ -60,6 +61,8 @@ def section(results: dict[str, Any], name: str, fn: Callable[[], Any], lock: boo
     except Exception as exc:  # noqa: BLE001 - one failed section must not lose the others
         print(f"== {name} FAILED: {exc!r}", file=sys.stderr, flush=True)
         results[name] = {"error": repr(exc), "load_before": load(), "load_after": load()}
+    if PARTIAL is not None:  # a crash later loses nothing measured so far
+        PARTIAL.write_text(json.dumps(results, indent=1, default=str))
 
 
 def build(image: str) -> dict[str, Any]:
@@ -264,7 +267,8 @@ def render(results: dict[str, Any], out: Path, plots: Path) -> None:
         ["CPU", f"{c['cpu']}, {c['vcpus']} vCPUs, {c['memory_gib']} GiB"],
         ["kernel", c["kernel"]], ["Docker", f"{c['docker']} (Compose {c['compose']})"],
         ["nftables", c["nft"]], ["Python", c["python"]], ["iperf3", c["iperf3"]],
-        ["load average at the start / end", f"{la(c['load'])} / {la(results.get('load_end'))}"],
+        ["load average (1/5/15 min)",
+         f"{la(c['load'])} at the start; {la(results.get('load_end'))} at the end"],
     ])
     d("The machine is shared: other test runs use its 2 vCPUs and its dockerd at the same "
       "time. Each section below records the load average before and after it; a section "
@@ -424,7 +428,8 @@ def render(results: dict[str, Any], out: Path, plots: Path) -> None:
         d("- " + d.target("3", "compressed ≤ 50 MB", im["compressed"] <= 50 * MB,
                           f"{im['compressed'] / MB:.1f} MB"), "")
         if im["compressed"] > 50 * MB:
-            d("Where the bytes are (largest directories in the image, KiB):", "", "```",
+            d("Where the bytes are (largest directories, uncompressed, summed over the "
+              "layers):", "", "```",
               *im["largest_dirs"], "```", "")
         d(loadline(sec), "")
     else:
@@ -645,6 +650,8 @@ def main() -> int:
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing (e2e/prepare-host.sh installs the host's tools; "
                      "apt-get install iperf3)")
+    global PARTIAL
+    PARTIAL = raw
     results = run_all(args)
     raw.write_text(json.dumps(results, indent=1, default=str))
     render(results, out, plots)
