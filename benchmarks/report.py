@@ -563,6 +563,7 @@ def render(results: dict[str, Any], out: Path, plots: Path) -> None:
     else:
         d(f"Not measured: {bi.get('error', 'section not run')}.", "")
 
+    d("## Summary", "", *summary(results), "")
     d("## Targets", "")
     d.table(["section", "target", "verdict", "figure"],
             [[s, w, "MET" if m else "**MISSED**", f] for s, w, m, f in d.targets])
@@ -576,6 +577,58 @@ def render(results: dict[str, Any], out: Path, plots: Path) -> None:
         d("Every target was met in this run.")
     d("", "Raw figures: [bench/results.json](bench/results.json).")
     out.write_text("\n".join(d.lines) + "\n")
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    """The headline figures, one bullet each (the README's Performance section quotes them)."""
+    out = []
+    dp = results.get("dataplane", {}).get("value")
+    if dp:
+        s = {k: dataplane.summary(v) for k, v in dp["paths"].items()}
+        out.append(
+            f"- Data plane, LAN client → service: TCP 1 stream {s['a']['tcp1']:.1f} Gbit/s "
+            f"through anchord = {s['a']['tcp1'] / s['d']['tcp1']:.2f}x host networking "
+            f"(`ports:` {s['c']['tcp1'] / s['d']['tcp1']:.2f}x with iptables DNAT, "
+            f"{s['b']['tcp1'] / s['d']['tcp1']:.2f}x through the userland proxy); fresh "
+            f"connections {s['a']['rr'] / s['d']['rr']:.2f}x; UDP datagrams "
+            f"{s['a']['udp'] / s['d']['udp']:.2f}x. The service sees the client's own address "
+            f"through anchord: {'yes' if dp['paths']['a']['real_address'] else 'no'}; through "
+            f"the userland proxy: {'yes' if dp['paths']['b']['real_address'] else 'no'}.")
+    fp = results.get("footprint", {}).get("value")
+    if fp:
+        tot = sum(v["pss"] for v in fp["idle"].values()) * 1024 / MB
+        ic = fp["idle_cpu"]
+        stack = sum(ic["containers"].values()) + ic["shims"] + ic["daemons"]
+        out.append(f"- Network-anchor memory: {tot:.0f} MB PSS in total at idle; "
+                   f"service-anchor {sum(fp['service_anchor'].values()) * 1024 / MB:.0f} MB "
+                   f"RSS; the demo stack's idle CPU {stack * 100:.1f} % of a core "
+                   f"(containers, shims, dockerd, containerd; {ic['seconds'] / 60:.0f} min).")
+    im = results.get("image", {}).get("value")
+    if im:
+        out.append(f"- Image: {im['compressed'] / MB:.1f} MB compressed, "
+                   f"{im['uncompressed'] / MB:.0f} MB uncompressed.")
+    st = results.get("start", {}).get("value")
+    if st:
+        f, r = st["fresh"], st["stored"]
+        out.append(f"- Start (median): fresh `compose up` → ready "
+                   f"{median([x['ready'] for x in f]):.1f} s, → first LAN answer "
+                   f"{median([x['lan'] for x in f]):.1f} s; with a stored lease → ready "
+                   f"{median([x['ready'] for x in r]):.1f} s, → LAN "
+                   f"{median([x['lan'] for x in r]):.1f} s.")
+    lat = {int(k.split("_")[1]): v["value"] for k, v in results.items()
+           if k.startswith("latency_") and "value" in v}
+    if lat:
+        out.append("- Docker event → nftables map p99: " + ", ".join(
+            f"{ms(pct(r['latency'], .99))} ms at {n:,}" for n, r in sorted(lat.items()))
+            + " elements" + (
+            f"; the last of a burst of 50 restarts p99 "
+            f"{ms(pct(results['burst']['value']['last'], .99))} ms"
+            if results.get("burst", {}).get("value") else "") + ".")
+        big = lat[max(lat)]
+        out.append(f"- Outage a LAN client sees per backend restart ({max(lat):,} elements): "
+                   f"p99 {ms(pct(big['outage'], .99))} ms, of which the map's share p99 "
+                   f"{ms(pct(big['map_wait'], .99))} ms.")
+    return out
 
 
 NOTES = {
