@@ -187,7 +187,7 @@ def plot_dataplane(dp: dict[str, Any], out: Path) -> None:
     metrics = [("tcp1", "TCP 1 stream\nGbit/s"), ("tcp4", "TCP 4 streams\nGbit/s"),
                ("rr", "fresh connections\nper s"), ("udp", "UDP 64 B\ndatagrams/s")]
     sums = {k: dataplane.summary(v) for k, v in dp["paths"].items()}
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     width = 0.2
     for i, key in enumerate(dataplane.PATHS):
         ratios = [sums[key][m] / sums["d"][m] if sums["d"][m] else 0 for m, _ in metrics]
@@ -201,7 +201,8 @@ def plot_dataplane(dp: dict[str, Any], out: Path) -> None:
     ax.axhline(0.9, color="grey", ls="--", lw=0.8)
     ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
     ax.set_ylabel("ratio to (d) host networking (medians)")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
     ax.set_title("Data plane: a LAN client to one service (labels: absolute medians)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
