@@ -463,11 +463,21 @@ def burst(api: docker.APIClient, proj: Project, transit: str, watch: NatWatch, n
             if ev.get("Actor", {}).get("ID") in ours:
                 (starts if ev["Action"] == "start" else dies).append(ev["timeNano"] / 1e9)
         last_start = max(starts)
+        # Discovery carries the earliest pending event's time when it coalesces, so the
+        # answer to the last start is found by quiescence: once nothing new comes for 1.5 s,
+        # the last NatApplied that changed the map is the commit of the burst's last element.
+        last_seen = {"gen": watch.latest, "at": time.monotonic()}
 
-        def answered(e: NatApplied, t: float = last_start) -> bool:
-            return full(e) and e.event_time >= t - 1e-6
+        def quiet(s: dict[str, float] = last_seen) -> bool:
+            if watch.latest != s["gen"]:
+                s["gen"], s["at"] = watch.latest, time.monotonic()
+            return time.monotonic() - s["at"] > 1.5
 
-        ts, _ = watch.wait(answered, after, timeout=120, what="the burst's last element")
+        wait_until(quiet, timeout=120, interval=0.1, what="the map settling after the burst")
+        changes = sorted((g, v) for g, v in watch.applied.items()
+                         if g > after and (v[1].added or v[1].removed))
+        ts, final = changes[-1][1]
+        assert full(final), f"after the burst the map holds {tcp_count(final)} of {n}"
         result.last.append(ts - last_start)
         result.spread.append(last_start - min(dies))
         result.whole.append(ts - min(dies))
