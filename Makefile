@@ -43,3 +43,16 @@ demo: prepare venv
 
 clean:
 	rm -rf $(VENV) .build
+
+# `make report` - the benchmarks (issue 14), NOT part of `make test`: builds the images, runs
+# every measurement on this machine (each section under the shared Docker lock) and writes
+# docs/benchmarks.md and docs/bench/ (plots, results.json). A short run:
+#   make report REPORT_ARGS=--quick
+.PHONY: report
+$(BIN)/.bench-installed: $(BIN)/.installed setup.cfg
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $@
+
+report: prepare $(BIN)/.bench-installed
+	command -v iperf3 >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iperf3
+	$(BIN)/python -m benchmarks.report $(REPORT_ARGS)

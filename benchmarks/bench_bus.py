@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bus.client import BusClient
 from bus.codec import decode, encode
@@ -230,7 +231,8 @@ def codec_rows() -> list[tuple[str, str]]:
     return rows
 
 
-def main() -> int:
+def run() -> dict[str, Any]:
+    """Every figure of the table, as data (the report of benchmarks/report.py uses it)."""
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="bench-bus-") as tmp_name:
         tmp = Path(tmp_name)
@@ -274,6 +276,16 @@ def main() -> int:
             for proc in procs:
                 stop(proc)
 
+    return {"rows": rows, "got": got, "sent": sent, "broker_idle": broker_idle,
+            "broker_after": broker_after, "metrics_idle": metrics_idle}
+
+
+def main() -> int:
+    data = run()
+    rows: list[tuple[str, str]] = data["rows"]
+    got, sent = data["got"], data["sent"]
+    broker_idle, broker_after = data["broker_idle"], data["broker_after"]
+    metrics_idle = data["metrics_idle"]
     hops: list[float] = got["hops"]
     rows.insert(0, (f"hop ConntrackFlushed, {len(hops)}/{HOP_MESSAGES} at 1 kHz",
                     f"p50 {pct(hops, .5):8.3f} ms   p99 {pct(hops, .99):8.3f} ms"

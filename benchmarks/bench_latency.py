@@ -419,6 +419,114 @@ def measure(api: docker.APIClient, web: WebBackend, watch: NatWatch, loop: Strea
     return result
 
 
+
+# --- a burst of simultaneous restarts -------------------------------------------------
+
+
+@dataclass
+class BurstResult:
+    size: int
+    last: list[float] = field(default_factory=list)  # last start event -> its map commit
+    spread: list[float] = field(default_factory=list)  # first die event -> last start event
+    whole: list[float] = field(default_factory=list)  # first die event -> map whole again
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def burst(api: docker.APIClient, proj: Project, transit: str, watch: NatWatch, n: int,
+          rounds: int) -> BurstResult:
+    """``n`` backends (one port each) restarted all at once, ``rounds`` times: from the last
+    one's Docker ``start`` event to the nat-writer's commit of a map holding all ``n`` again
+    (the burst's last element), the NatApplied answering that very event or a later one."""
+    result = BurstResult(size=n, load=os.getloadavg())
+    cids = [proj.container(f"burst{i}", networks=(transit,), expose=f"tcp/{20_000 + i}")
+            for i in range(n)]
+
+    def full(e: NatApplied) -> bool:
+        return e.ok and tcp_count(e) == n
+
+    watch.wait(full, 0, timeout=120, what=f"{n} burst backends in the map")
+    for _ in range(rounds):
+        after = watch.latest
+        since = int(time.time()) - 1
+        threads = [threading.Thread(target=api.restart, args=(cid,), kwargs={"timeout": 0})
+                   for cid in cids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        until = int(time.time()) + 2
+        ours = set(cids)
+        starts: list[float] = []
+        dies: list[float] = []
+        for ev in api.events(since=since, until=until, decode=True,
+                             filters={"type": "container", "event": ["start", "die"]}):
+            if ev.get("Actor", {}).get("ID") in ours:
+                (starts if ev["Action"] == "start" else dies).append(ev["timeNano"] / 1e9)
+        last_start = max(starts)
+        # Discovery carries the earliest pending event's time when it coalesces, so the
+        # answer to the last start is found by quiescence: once nothing new comes for 1.5 s,
+        # the last NatApplied that changed the map is the commit of the burst's last element.
+        last_seen = {"gen": watch.latest, "at": time.monotonic()}
+
+        def quiet(s: dict[str, float] = last_seen) -> bool:
+            if watch.latest != s["gen"]:
+                s["gen"], s["at"] = watch.latest, time.monotonic()
+            return time.monotonic() - s["at"] > 1.5
+
+        wait_until(quiet, timeout=120, interval=0.1, what="the map settling after the burst")
+        changes = sorted((g, v) for g, v in watch.applied.items()
+                         if g > after and (v[1].added or v[1].removed))
+        ts, final = changes[-1][1]
+        assert full(final), f"after the burst the map holds {tcp_count(final)} of {n}"
+        result.last.append(ts - last_start)
+        result.spread.append(last_start - min(dies))
+        result.whole.append(ts - min(dies))
+    return result
+
+
+def run_burst(n: int = 50, rounds: int = 10, log_level: str = "warn") -> BurstResult:
+    api = ensure_dockerd()
+    with tempfile.TemporaryDirectory(prefix="bench-burst-") as tmp, \
+            rig(api, Path(tmp), Path(tmp), log_level) as (proj, _topo, transit, watch):
+        return burst(api, proj, transit, watch, n, rounds)
+
+
+def run_size(size: int, restarts: int, pause: float = 0.01, log_level: str = "warn",
+             during: Callable[[], object] | None = None) -> SizeResult:
+    """One size in a rig of its own (so a caller can hold the Docker lock per size);
+    ``during`` is called (in a thread) once the restarts begin, e.g. to load the bus."""
+    api = ensure_dockerd()
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp, \
+            rig(api, Path(tmp), Path(tmp), log_level) as (proj, topo, transit, watch):
+        gateway = str(api.inspect_container(proj.containers[0])["NetworkSettings"]["Networks"]
+                      [transit]["IPAddress"])
+        cid = proj.container("web", networks=(transit,), expose=f"tcp/{PORT}")
+        prefix = gateway.rsplit(".", 1)[0]
+        web = WebBackend(api, cid, transit, gateway, (f"{prefix}.201", f"{prefix}.202"))
+        try:
+            web.bring_up()
+            loop = tcp_loop(topo.namespaces[0], PROJECT4, PORT, pause=pause)
+            fill(proj, transit, 0, size - 1, False)
+
+            def filled(e: NatApplied) -> bool:
+                return e.ok and tcp_count(e) == size
+
+            def serving() -> bool:
+                return outage_around(loop, time.time(), 0) is not None
+
+            watch.wait(filled, 0, timeout=300, what=f"{size} elements in the map")
+            wait_until(serving, 30, what="the client through to the backend")
+            side = threading.Thread(target=during, daemon=True) if during else None
+            if side:
+                side.start()
+            result = measure(api, web, watch, loop, size, restarts)
+            if side:
+                side.join()
+            loop.stop()
+            return result
+        finally:
+            web.stop_server()
+
 # --- the report -----------------------------------------------------------------------
 
 
