@@ -87,7 +87,8 @@ def ready(url: str) -> None:
 
 def lan(name: str, dns: str, port: int) -> None:
     spec = importlib.util.spec_from_file_location("lantool", LANTOOL)
-    assert spec and spec.loader
+    assert spec
+    assert spec.loader
     lantool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lantool)
     while True:
