@@ -24,12 +24,15 @@ How it stays right:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import select
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from anchord import routesignal
 from anchord.backoff import Backoff
@@ -82,6 +85,27 @@ _FIRST_LIST_FALLBACK = 2.0
 # A route report (anchord.routesignal) of a container discovery does not know yet waits this
 # long for it; the service-anchor repeats it at every resolution anyway.
 _REPORT_TTL = 10.0
+ROUTES_FILE = "discovery-routes.json"  # in the run directory: the route reports known
+
+
+def _load_routes(path: Path) -> dict[str, tuple[str, frozenset[int]]]:
+    """The route reports a previous instance kept (container id -> its StartedAt and the
+    families); anything unreadable counts as none (the service-anchors report again within
+    one resolve interval). A report of a container that restarted since is void by its
+    StartedAt."""
+    try:
+        data = json.loads(path.read_text()) if path.stat().st_size <= 1 << 20 else {}
+    except (OSError, ValueError):
+        return {}
+    found: dict[str, tuple[str, frozenset[int]]] = {}
+    if not isinstance(data, dict):
+        return found
+    for cid, value in data.items():
+        if (isinstance(cid, str) and isinstance(value, list) and len(value) == 2
+                and isinstance(value[0], str) and isinstance(value[1], list)
+                and all(f in (4, 6) for f in value[1])):
+            found[cid] = (value[0], frozenset(value[1]))
+    return found
 _RETRY_MIN = 0.5
 # A returning API is seen within half a second (issue 12: maps correct within 1 s of its
 # return); a retry is one name lookup and one TCP connect, cheap enough to repeat that often.
@@ -134,7 +158,11 @@ class Discovery:
         self._started = False
         # container id -> (its StartedAt, families whose default route its service-anchor
         # reported leading to anchord): a restart makes the report stale by itself.
-        self._routes_ready: dict[str, tuple[str, frozenset[int]]] = {}
+        # Kept in the run directory too: a restarted discovery that forgot them would shrink
+        # the map until the next reports (one resolve interval) and cut live flows.
+        self._routes_file = config.run_dir / ROUTES_FILE
+        self._routes_ready: dict[str, tuple[str, frozenset[int]]] = _load_routes(
+            self._routes_file)
         self._reports: dict[str, float] = {}  # route reports not matched yet: address -> when
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -204,11 +232,22 @@ class Discovery:
                 families = self._routes_of(cid, info)
                 if family not in families:
                     self._routes_ready[cid] = (started, families | {family})
+                    self._save_routes()
                     changed = True
                     log.debug("default route via anchord reported", extra={"fields": {
                         "container": name_of(info), "family": family}})
                 break
         return changed
+
+    def _save_routes(self) -> None:
+        data = {cid: [started, sorted(families)]
+                for cid, (started, families) in self._routes_ready.items()}
+        tmp = self._routes_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self._routes_file)
+        except OSError as exc:  # a library use without a run directory: memory only
+            log.debug("route reports not saved: %s", exc)
 
     def _routes_of(self, cid: str, info: Inspect) -> frozenset[int]:
         started = str((info.get("State") or {}).get("StartedAt") or "")
@@ -472,6 +511,7 @@ class Discovery:
         # Reports of containers that are gone go with them.
         for cid in set(self._routes_ready) - set(self.cache):
             del self._routes_ready[cid]
+            self._save_routes()
         self._warn_outside(transit, subnets)
         table = build_table(views, transit)
         changed = netmap != self.network_map

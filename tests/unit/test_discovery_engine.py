@@ -7,6 +7,7 @@ hands over event-thread reports, a fake clock drives the poll timer.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,12 +113,16 @@ class FakePump:
 
 
 class Rig:
-    def __init__(self, *infos: dict[str, Any], vlan_parent: str = "lan") -> None:
+    def __init__(self, *infos: dict[str, Any], vlan_parent: str = "lan",
+                 run_dir: Path | None = None) -> None:
         self.now = 1000.0
         self.api = FakeApi(*infos)
         self.pump = FakePump()
         self.changes = 0
-        cfg = NetworkAnchorConfig(project=P, vlan_parent=vlan_parent, poll_interval=30.0)
+        # Discovery keeps its route reports in the run directory; without one given, a path
+        # that does not exist (nothing read, nothing written: memory only).
+        cfg = NetworkAnchorConfig(project=P, vlan_parent=vlan_parent, poll_interval=30.0,
+                                  run_dir=run_dir or Path("/nonexistent/anchord-test-run"))
         self.d = Discovery(cfg, on_change=self._changed, hostname="nothing",
                            macs=lambda: {"02:42:00:00:00:02"}, clock=lambda: self.now)
         self.d.api = self.api  # type: ignore[assignment]
@@ -428,3 +433,30 @@ def test_a_backend_address_outside_the_transit_subnet_is_rejected() -> None:
     ok.subscribe()
     assert ok.d.desired is not None
     assert [e.address for e in ok.d.desired.entries] == ["10.0.0.3"]
+
+
+def test_route_reports_expose_before_health_and_survive_a_restart(tmp_path: Path) -> None:
+    """A service-anchor's route report exposes its family while Docker still says "starting";
+    a restarted discovery knows it at once (kept in the run directory), and a restart of the
+    container voids it."""
+    starting = web(health="starting")
+    r = Rig(ANCHORD, starting, run_dir=tmp_path)
+    r.subscribe()
+    assert r.d.desired is not None
+    assert r.d.desired.entries == ()
+    r.d.route_ready("10.0.0.3")
+    exposed = r.d.desired
+    assert exposed is not None
+    assert [e.address for e in exposed.entries] == ["10.0.0.3"]
+
+    again = Rig(ANCHORD, starting, run_dir=tmp_path)  # discovery restarted
+    again.subscribe()
+    assert again.d.desired is not None
+    assert [e.address for e in again.d.desired.entries] == ["10.0.0.3"]
+
+    restarted = web(health="starting")
+    restarted["State"]["StartedAt"] = "2026-11-30T10:00:00.000000000Z"
+    later = Rig(ANCHORD, restarted, run_dir=tmp_path)
+    later.subscribe()
+    assert later.d.desired is not None
+    assert later.d.desired.entries == ()
