@@ -151,7 +151,12 @@ def test_programs_hold_only_what_they_need(compose: ComposeFactory) -> None:
     lines = json_log_lines(project.logs(SERVICE))
     together = [line["fields"]["workers"] for line in lines
                 if line["message"] == "stopping workers together"]
-    assert together == [["conntrack-flusher", "dhcp", "discovery", "metrics"]], lines
+    # supervisord signals the last-started program (metrics) itself as it begins to stop, and a
+    # program that sees its signal at once may be gone before the fan-out: whichever of the
+    # four are left are signalled together, and an unprivileged one among them proves KILL.
+    assert len(together) == 1, lines
+    assert set(together[0]) <= {"conntrack-flusher", "dhcp", "discovery", "metrics"}, lines
+    assert {"discovery", "metrics"} & set(together[0]), lines
     stopped = [line["fields"]["seconds"] for line in lines if line["message"] == "anchord stopped"]
     assert len(stopped) == 1, lines
     assert stopped[0] < 5, lines
