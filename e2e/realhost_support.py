@@ -63,16 +63,23 @@ def netns_of(pid: int | str) -> str:
 
 def remove_stale() -> None:
     """Namespaces (and the processes in them) of a run whose pytest process is gone. Deleting
-    a LAN namespace destroys its veth end and with it the host end."""
+    a LAN namespace destroys its veth end and with it the host end. A ``-host`` name is only a
+    handle of the host namespace: it is deleted, and nothing in it is touched (every process
+    of the machine runs there, the one that runs this suite too)."""
     for name in ip("netns", "list").split():
         m = _NS_NAME.match(name)
         if not m or pid_alive(int(m[1])):
             continue
-        _kill_ns_processes(name)
+        if m[3] == "lan":
+            _kill_ns_processes(name)
         ip("netns", "del", name, check=False)
 
 
 def _kill_ns_processes(ns: str) -> None:
+    """SIGKILL every process in the named namespace, which must not be this process's own:
+    ``ip netns pids`` of a handle of the host namespace lists every process of the machine."""
+    if os.stat(f"/run/netns/{ns}").st_ino == os.stat("/proc/self/ns/net").st_ino:
+        raise RuntimeError(f"refusing to kill the processes of {ns}: it is this namespace")
     for pid in ip("netns", "pids", ns, check=False).split():
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), 9)
