@@ -8,6 +8,8 @@ event stream is ``anchord.docker_events``'.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from anchord.docker_inspect import PROJECT_LABEL, Inspect, NetworkFacts, network_facts
@@ -73,10 +75,18 @@ class DockerApi:
         self._client = None
         return DockerUnavailable(f"{self.docker_host}: {exc}")
 
+    @contextmanager
+    def _call(self) -> Iterator[DockerHttp]:
+        """The client, for one call; any failure of the call becomes DockerUnavailable (a
+        404 the caller expects is caught inside the ``with``, before it gets here)."""
+        try:
+            yield self._api()
+        except ApiError as exc:
+            raise self._fail(exc) from exc
+
     def list_project(self) -> dict[str, Inspect]:
         """Inspect of every container (any state) of the project, by id."""
-        try:
-            api = self._api()
+        with self._call() as api:
             project_filter = {"label": [f"{PROJECT_LABEL}={self.project}"]}
             summaries = api.get("/containers/json", {"all": True, "filters": project_filter})
             if not isinstance(summaries, list):
@@ -91,33 +101,23 @@ class DockerApi:
                 except NotFound:
                     continue  # removed between the list and the inspect
             return result
-        except DockerUnavailable:
-            raise
-        except ApiError as exc:
-            raise self._fail(exc) from exc
 
     def inspect(self, container_id: str) -> Inspect | None:
         """One container's inspect, or None if it no longer exists."""
-        try:
-            return _document(self._api().get(path("/containers/{}/json", container_id)),
-                             container_id)
-        except NotFound:
-            return None
-        except DockerUnavailable:
-            raise
-        except ApiError as exc:
-            raise self._fail(exc) from exc
+        with self._call() as api:
+            try:
+                return _document(api.get(path("/containers/{}/json", container_id)),
+                                 container_id)
+            except NotFound:
+                return None
 
     def network_facts(self, network_id: str) -> NetworkFacts | None:
-        try:
-            return network_facts(_document(self._api().get(path("/networks/{}", network_id)),
-                                           network_id))
-        except NotFound:
-            return None
-        except DockerUnavailable:
-            raise
-        except ApiError as exc:
-            raise self._fail(exc) from exc
+        with self._call() as api:
+            try:
+                return network_facts(_document(api.get(path("/networks/{}", network_id)),
+                                               network_id))
+            except NotFound:
+                return None
 
     def close(self) -> None:
         if self._client is not None:

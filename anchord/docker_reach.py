@@ -19,6 +19,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 # A tcp:// DOCKER_HOST is checked within this many seconds (see the module docstring).
@@ -33,7 +34,8 @@ class DockerUnavailable(Exception):
 class Reachability:
     """Checks of one ``DOCKER_HOST``'s endpoint; lookups in flight are shared between calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock  # ages the lookups in flight (a test passes its own)
         # (host, port) -> lookups in flight, newest last: the thread, the list it appends its
         # one result to, and its monotonic start
         self._lookups: dict[tuple[str, int], list[tuple[threading.Thread, list[Any], float]]] = {}
@@ -95,7 +97,7 @@ class Reachability:
         key = (host, port)
         with self._lock:
             lookups = self._lookups.setdefault(key, [])
-            now = time.monotonic()
+            now = self._clock()
             if lookups and (now - lookups[-1][2] < timeout or len(lookups) >= MAX_LOOKUPS):
                 pending = lookups[-1]
             else:

@@ -452,8 +452,9 @@ def render(results: dict[str, Any], out: Path, plots: Path) -> None:
           "every 20 ms inside the network-anchor's namespace; the LAN host (a namespace on the "
           "LAN bridge) asks dnsmasq for the project's name and connects to tcp/8080 every "
           "20 ms; the bind time is the dhcp worker's first DHCPv4 transition → `bound`, from "
-          "its own log lines. The image's own healthcheck settings; a fresh start includes "
-          "dnsmasq becoming healthy (`depends_on`).", "")
+          "its own log lines. The image's own healthcheck settings; before a fresh start the "
+          "LAN's DHCP server is up and healthy (a LAN's server is up before the servers on "
+          "it), so its healthcheck is not counted.", "")
         d.table(["start", "runs", "compose returned", "/readyz 200", "first LAN answer",
                  "DHCP bind"], rows)
         worst_ready = max(r["ready"] for k in ("fresh", "stored") for r in st[k])

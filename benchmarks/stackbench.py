@@ -8,7 +8,9 @@ into its LAN bridge as a second LAN host.
 * start: ``compose up -d`` issued -> ``/readyz`` answers 200 (polled every 20 ms inside the
   network-anchor's namespace) -> the first answer of the app to a LAN host (the namespace:
   asks dnsmasq for the project's name, connects to tcp/8080, every 20 ms); fresh (a new
-  project, no lease), then with a stored lease (``compose stop anchord``, ``compose start
+  project, no lease; the LAN's DHCP server is started and healthy before the clock starts, as
+  a LAN's server is up before the servers on it: its own healthcheck is not anchord's time),
+  then with a stored lease (``compose stop anchord``, ``compose start
   anchord``: INIT-REBOOT); the DHCPv4 bind time from the dhcp worker's own log lines.
 * footprint: RSS and PSS (/proc/<pid>/smaps_rollup) of every process of the network-anchor
   container, at idle and the highest seen under churn (web-anchor restarted over and over:
@@ -123,6 +125,8 @@ def timed_start(proj: harness.ComposeProject, lan: Netns | None,
     cmd = ["up", "-d", "--no-build", "--pull", "never"] if fresh else ["start", "anchord"]
     if fresh:
         harness.set_bridge_nf_call(0)
+        proj.compose(*cmd, "--wait", "dhcp", timeout=180)
+        since = t0 = time.time()
     compose = threading.Thread(target=proj.compose, args=cmd, kwargs={"timeout": 180})
     compose.start()
     if lan is None:

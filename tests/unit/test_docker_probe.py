@@ -31,7 +31,8 @@ def test_slow_resolution_fails_within_the_probe_timeout(monkeypatch: pytest.Monk
         raise socket.gaierror(-3, "Temporary failure in name resolution")
 
     monkeypatch.setattr(socket, "getaddrinfo", slow)
-    reach = Reachability()
+    now = [0.0]  # the lookups' clock, aged by hand below
+    reach = Reachability(clock=lambda: now[0])
     try:
         # Two callers at once share one lookup, and both fail within the probe timeout.
         errors: list[BaseException] = []
@@ -57,7 +58,7 @@ def test_slow_resolution_fails_within_the_probe_timeout(monkeypatch: pytest.Monk
         for _ in range(MAX_LOOKUPS + 3):
             with pytest.raises(DockerUnavailable, match="does not resolve"):
                 reach.check("tcp://docker-proxy:2375", 0.05)
-            time.sleep(0.06)  # older than the 0.05 s timeout: the next check may not share it
+            now[0] += 0.06  # older than the 0.05 s timeout: the next check may not share it
         assert len(calls) == MAX_LOOKUPS, len(calls)
     finally:
         release.set()
