@@ -88,8 +88,16 @@ start_dockerd() {
         log "dockerd: starting (log: /var/log/dockerd.log)"
         # A stale pid file from a killed daemon makes dockerd refuse to start.
         rm -f /var/run/docker.pid
-        # setsid: dockerd must outlive this script and the shell that ran it.
-        setsid dockerd >>/var/log/dockerd.log 2>&1 </dev/null &
+        # setsid: dockerd must outlive this script and the shell that ran it. It must not
+        # inherit the caller's descriptors either: started under `flock /tmp/anchord-e2e.lock`
+        # it would hold the lock (and keep every later locked run waiting) for its lifetime.
+        (
+            for fd in /proc/$BASHPID/fd/*; do
+                fd=${fd##*/}
+                if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+            done
+            exec setsid dockerd >>/var/log/dockerd.log 2>&1 </dev/null
+        ) &
     else
         log "dockerd: running, waiting for it to answer"
     fi
