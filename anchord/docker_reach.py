@@ -9,9 +9,13 @@ socket must accept a connection before a client is made (cheap, and the error na
 socket plainly); a connected client finds a socket gone at its next call, unchecked.
 
 ``getaddrinfo`` has no timeout, so a lookup runs in a thread that the caller stops waiting for.
-Each :class:`Reachability` keeps its own lookups in flight: a caller that gave up on a lookup
-waits on the same one next time instead of starting another. One per thread that talks to
-Docker (discovery's loop, the event thread); nothing is shared between them.
+Each :class:`Reachability` keeps its own lookups in flight: a caller joins a lookup started
+less than HEDGE ago instead of starting another. A lookup unanswered for HEDGE gets a fresh one
+beside it, and the caller takes the first answer of any it joined: while the proxy is stopped
+every lookup of its name hangs (10 s), and without the fresh ones a caller that began waiting
+just before the proxy came back would wait out the whole probe timeout on a lookup that can
+only fail. One per thread that talks to Docker (discovery's loop, the event thread); nothing
+is shared between them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from typing import Any
 
 # A tcp:// DOCKER_HOST is checked within this many seconds (see the module docstring).
 PROBE_TIMEOUT = 1.0
-MAX_LOOKUPS = 12  # name lookups in flight per name (see Reachability._resolve)
+HEDGE = 0.2  # a lookup unanswered this long gets a fresh one beside it (see the docstring)
+# Name lookups in flight per name: a stopped proxy's name hangs each for 10 s, and a caller
+# starts one every HEDGE, so this many keep fresh ones coming through an outage of any length.
+MAX_LOOKUPS = 64
 
 
 class DockerUnavailable(Exception):
@@ -39,7 +46,8 @@ class Reachability:
         # (host, port) -> lookups in flight, newest last: the thread, the list it appends its
         # one result to, and its monotonic start
         self._lookups: dict[tuple[str, int], list[tuple[threading.Thread, list[Any], float]]] = {}
-        self._lock = threading.Lock()  # the lookup thread removes its own entry
+        # Guards the lookups; a lookup thread notifies it when it has its result.
+        self._done = threading.Condition()
 
     def check(self, docker_host: str, timeout: float, connect: bool = True) -> None:
         """Raise DockerUnavailable unless the endpoint is there (with ``connect``: accepts a
@@ -87,38 +95,56 @@ class Reachability:
         raise DockerUnavailable(f"{docker_host}: {host}:{port}: {'; '.join(errors)}")
 
     def _resolve(self, host: str, port: int, timeout: float) -> Any:
-        """getaddrinfo's answers, the OSError it raised, or None if it takes over ``timeout``.
-
-        getaddrinfo has no timeout: it runs in a thread, and the caller stops waiting after
-        ``timeout``. Concurrent callers share a recent lookup; a lookup older than ``timeout``
-        is not shared: Docker's DNS may take 10 s to fail on a stopped proxy's name, and a
-        caller after the proxy's return must not inherit that wait. At most ``MAX_LOOKUPS``
-        per name are in flight (then the newest is shared)."""
+        """getaddrinfo's answers, the OSError it raised, or None if none comes within
+        ``timeout``: the first answer of the lookups this call joined (see the module
+        docstring). At most ``MAX_LOOKUPS`` per name are in flight; then the newest is
+        joined."""
         key = (host, port)
-        with self._lock:
-            lookups = self._lookups.setdefault(key, [])
-            now = self._clock()
-            if lookups and (now - lookups[-1][2] < timeout or len(lookups) >= MAX_LOOKUPS):
-                pending = lookups[-1]
-            else:
-                result: list[Any] = []
+        joined: list[list[Any]] = []  # the result lists of the lookups this call waits on
+        waited = 0.0
+        with self._done:
+            while True:
+                lookups = self._lookups.setdefault(key, [])
+                now = self._clock()
+                if lookups and (now - lookups[-1][2] < HEDGE or len(lookups) >= MAX_LOOKUPS):
+                    newest = lookups[-1][1]
+                    if not any(newest is r for r in joined):
+                        joined.append(newest)
+                else:
+                    joined.append(self._start_lookup(key, now))
+                for result in joined:
+                    if result:
+                        return result[0]
+                step = min(HEDGE, timeout - waited)
+                if step <= 0:
+                    return None
+                began = time.monotonic()
+                self._done.wait(step)
+                waited += time.monotonic() - began
+                for result in joined:
+                    if result:
+                        return result[0]
 
-                def lookup() -> None:
-                    try:
-                        result.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-                    except OSError as exc:
-                        result.append(exc)
-                    finally:
-                        with self._lock:
-                            mine = self._lookups.get(key, [])
-                            mine[:] = [p for p in mine if p[1] is not result]
-                            if not mine:
-                                self._lookups.pop(key, None)
+    def _start_lookup(self, key: tuple[str, int], now: float) -> list[Any]:
+        """A lookup of ``key`` in a thread of its own (called with the condition held); the
+        list it appends its one result to."""
+        result: list[Any] = []
+        host, port = key
 
-                pending = (threading.Thread(target=lookup, name=f"resolve-{host}", daemon=True),
-                           result, now)
-                lookups.append(pending)
-                pending[0].start()
-        thread, found, _ = pending
-        thread.join(timeout)
-        return found[0] if found else None
+        def lookup() -> None:
+            try:
+                answer: Any = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                answer = exc
+            with self._done:
+                result.append(answer)
+                mine = self._lookups.get(key, [])
+                mine[:] = [p for p in mine if p[1] is not result]
+                if not mine:
+                    self._lookups.pop(key, None)
+                self._done.notify_all()
+
+        thread = threading.Thread(target=lookup, name=f"resolve-{host}", daemon=True)
+        self._lookups.setdefault(key, []).append((thread, result, now))
+        thread.start()
+        return result

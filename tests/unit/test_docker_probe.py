@@ -18,7 +18,13 @@ import pytest
 
 from anchord import docker_events
 from anchord.docker_events import EventPump, PumpReport
-from anchord.docker_reach import MAX_LOOKUPS, PROBE_TIMEOUT, DockerUnavailable, Reachability
+from anchord.docker_reach import (
+    HEDGE,
+    MAX_LOOKUPS,
+    PROBE_TIMEOUT,
+    DockerUnavailable,
+    Reachability,
+)
 
 
 def test_slow_resolution_fails_within_the_probe_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,13 +59,36 @@ def test_slow_resolution_fails_within_the_probe_timeout(monkeypatch: pytest.Monk
         assert len(errors) == 2, errors
         assert all("does not resolve" in str(e) for e in errors), errors
         assert calls == ["docker-proxy"]
-        # A later caller does not inherit a lookup older than its timeout (a proxy back
+        # A later caller does not inherit a lookup older than HEDGE (a proxy back
         # meanwhile must be seen at once), and the lookups in flight stay bounded.
         for _ in range(MAX_LOOKUPS + 3):
             with pytest.raises(DockerUnavailable, match="does not resolve"):
                 reach.check("tcp://docker-proxy:2375", 0.05)
-            now[0] += 0.06  # older than the 0.05 s timeout: the next check may not share it
+            now[0] += HEDGE + 0.01  # unanswered past HEDGE: the next check starts a fresh one
         assert len(calls) == MAX_LOOKUPS, len(calls)
+    finally:
+        release.set()
+
+
+def test_a_lookup_hung_while_the_proxy_was_stopped_does_not_hold_back_its_return(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller that began waiting just before the proxy came back gets the answer of a fresh
+    lookup, not the probe timeout's failure of the hung one."""
+    release = threading.Event()
+    calls: list[str] = []
+
+    def resolver(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        calls.append(host)
+        if len(calls) == 1:  # begun while the proxy was stopped: hangs as Docker's DNS does
+            release.wait(10)
+            raise socket.gaierror(-3, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    try:
+        Reachability().check("tcp://docker-proxy:2375", 10.0, connect=False)
+        assert calls == ["docker-proxy", "docker-proxy"]
     finally:
         release.set()
 
