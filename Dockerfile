@@ -29,7 +29,7 @@ RUN python3 -m venv /opt/anchord \
        fi \
     && /opt/anchord/bin/pip uninstall -y --disable-pip-version-check pip setuptools \
     && find /opt/anchord -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*' \
-         ! -path '*/scapy/*' -exec rm -rf {} +
+         -exec rm -rf {} +
 
 # ---- runtime stage ------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}

@@ -1,13 +1,14 @@
-"""DHCPv4 on the wire: build client messages with scapy, parse server replies strictly.
+"""DHCPv4 on the wire: build client messages, parse server replies strictly.
 
-Owns the DHCPv4 message format. scapy builds every frame we send; a received
-frame is read by offsets (Ethernet, IPv4 and UDP headers, bounded by their
-lengths, then the BOOTP fixed fields) and its options are walked by our own
-strict TLV parser, because scapy's decoding is lenient by design (it turns a
-bad length or a missing end option into a best guess, and its re-encoding of
-what it decoded is not the bytes that came). Every received packet is
-untrusted: anything malformed raises ``Malformed``, which the caller counts
-and drops. ``tests/unit/test_fuzz_dhcp.py`` fuzzes this module.
+Owns the DHCPv4 message format and ARP. A client message is written field by field with
+``struct`` (the BOOTP fixed fields, the magic cookie, our options, padding to RFC 1542's 300
+octets) inside the Ethernet, IPv4 and UDP headers of ``frames``. A received frame is read by
+offsets (Ethernet, IPv4 and UDP headers, bounded by their lengths, then the BOOTP fixed
+fields) and its options are walked by a strict TLV parser: a bad length or a missing end
+option is an error here, not a best guess. Every received packet is untrusted: anything
+malformed raises ``Malformed``, which the caller counts and drops.
+``tests/unit/test_fuzz_dhcp.py`` fuzzes this module; ``tests/unit/test_dhcp_scapy_oracle.py``
+checks what it builds and parses against scapy, kept as a test oracle only.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from scapy.layers.dhcp import BOOTP, DHCP
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import ARP, Ether
+from anchord.dhcp import frames
+from anchord.dhcp.frames import mac_bytes as mac_bytes  # re-exported: packets6, the tests
 
 BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
 MAGIC = b"\x63\x82\x53\x63"
@@ -58,10 +58,6 @@ class Reply:
     t2: int
 
 
-def mac_bytes(mac: str) -> bytes:
-    return bytes(int(part, 16) for part in mac.split(":"))
-
-
 def client_id(mac: str) -> bytes:
     """Option 61: hardware type 1 + MAC, stable because the MAC is."""
     return b"\x01" + mac_bytes(mac)
@@ -72,6 +68,20 @@ def fqdn(hostname: str) -> bytes:
     wire = b"".join(bytes([len(label)]) + label.encode("ascii")
                     for label in hostname.split(".") if label)
     return bytes([0x05, 0, 0]) + wire
+
+
+def _option(code: int, value: bytes) -> bytes:
+    if len(value) > 255:
+        raise ValueError(f"option {code}: {len(value)} octets do not fit in one option")
+    return bytes([code, len(value)]) + value
+
+
+def bootp_request(xid: int, mac: str, *, secs: int = 0, ciaddr: str = "0.0.0.0") -> bytes:
+    """The 236 octets of BOOTP fixed fields of a client message (RFC 2131 2): op BOOTREQUEST,
+    Ethernet, no hops, flags 0 (we read unicast replies), yiaddr/siaddr/giaddr 0, ``chaddr``
+    our MAC, ``sname`` and ``file`` empty."""
+    return struct.pack("!BBBBIHH4s12x16s64x128x", 1, 1, 6, 0, xid, min(secs, 0xFFFF), 0,
+                       ipaddress.IPv4Address(ciaddr).packed, mac_bytes(mac))
 
 
 def build(
@@ -89,49 +99,45 @@ def build(
     secs: int = 0,
 ) -> bytes:
     """One client message as an Ethernet frame ready for the AF_PACKET socket."""
-    options: list[tuple[str, object] | str] = [
-        ("message-type", msg_type),
-        ("client_id", client_id(mac)),
-    ]
+    options = [_option(53, bytes([msg_type])), _option(61, client_id(mac))]
     if msg_type in (DISCOVER, REQUEST, INFORM):
-        options.append(("max_dhcp_size", MAX_MESSAGE))
+        options.append(_option(57, struct.pack("!H", MAX_MESSAGE)))
         # RFC 4702 3.1: a client sends option 81 *or* option 12, never both: the FQDN option
         # when the name carries a domain, the plain host name otherwise.
         if "." in hostname.strip("."):
-            options.append(("client_FQDN", fqdn(hostname)))
+            options.append(_option(81, fqdn(hostname)))
         else:
-            options.append(("hostname", hostname.encode()))
-        options.append(("param_req_list", PARAMETER_REQUEST))
+            options.append(_option(12, hostname.encode()))
+        options.append(_option(55, bytes(PARAMETER_REQUEST)))
     if requested:
-        options.append(("requested_addr", requested))
+        options.append(_option(50, ipaddress.IPv4Address(requested).packed))
     if server_id:
-        options.append(("server_id", server_id))
-    options.append("end")
-    bootp = BOOTP(op=1, htype=1, hlen=6, xid=xid, secs=min(secs, 0xFFFF), ciaddr=ciaddr,
-                  chaddr=mac_bytes(mac) + b"\x00" * 10)
-    short = MIN_BOOTP - len(bytes(bootp / DHCP(options=options)))
-    if short > 0:
-        options += ["pad"] * short
-    frame = (
-        Ether(src=mac, dst=dst_mac)
-        / IP(src=src_ip, dst=dst_ip, ttl=64)
-        / UDP(sport=68, dport=67)
-        / bootp
-        / DHCP(options=options)
-    )
-    return bytes(frame)
+        options.append(_option(54, ipaddress.IPv4Address(server_id).packed))
+    message = bootp_request(xid, mac, secs=secs, ciaddr=ciaddr) + MAGIC \
+        + b"".join(options) + b"\xff"
+    # Pad options after the end option, up to the 300 octets relays may insist on.
+    message = message.ljust(MIN_BOOTP, b"\x00")
+    return frames.ethernet(dst_mac, mac, frames.ETH_IPV4) + frames.ipv4(
+        src_ip, dst_ip, frames.PROTO_UDP,
+        frames.udp(68, 67, message, src=src_ip, dst=dst_ip), ttl=64)
+
+
+def _arp(mac: str, sender_ip: str, target_ip: str) -> bytes:
+    """An Ethernet/IPv4 ARP request (RFC 826) from ``mac``, broadcast, target MAC unknown."""
+    return frames.ethernet(BROADCAST_MAC, mac, frames.ETH_ARP) + struct.pack(
+        "!HHBBH6s4s6s4s", 1, frames.ETH_IPV4, 6, 4, 1, mac_bytes(mac),
+        ipaddress.IPv4Address(sender_ip).packed, b"\x00" * 6,
+        ipaddress.IPv4Address(target_ip).packed)
 
 
 def arp_probe(mac: str, target: str) -> bytes:
     """RFC 5227 probe: sender IP 0.0.0.0, target the address we want."""
-    return bytes(Ether(src=mac, dst=BROADCAST_MAC)
-                 / ARP(op=1, hwsrc=mac, psrc="0.0.0.0", hwdst="00:00:00:00:00:00", pdst=target))
+    return _arp(mac, "0.0.0.0", target)
 
 
 def arp_announce(mac: str, address: str) -> bytes:
     """Gratuitous ARP (RFC 5227 announcement): sender and target both our address."""
-    return bytes(Ether(src=mac, dst=BROADCAST_MAC)
-                 / ARP(op=1, hwsrc=mac, psrc=address, hwdst="00:00:00:00:00:00", pdst=address))
+    return _arp(mac, address, address)
 
 
 def parse_options(data: bytes, options: dict[int, bytes] | None = None,

@@ -1,4 +1,4 @@
-"""DHCPv6 and Neighbour Discovery on the wire: built with scapy, parsed strictly.
+"""DHCPv6 and Neighbour Discovery on the wire: built with ``struct``, parsed strictly.
 
 Owns the IPv6 message formats the dhcp worker speaks: DHCPv6 client messages
 (RFC 8415: Solicit, Request, Renew, Rebind, Release, Decline), Router
@@ -6,20 +6,16 @@ Solicitation, unsolicited Neighbour Advertisement, and the reading of Router
 Advertisements (the M flag, lifetime and source matter to us: the kernel does
 SLAAC itself).
 
-Building uses scapy's layers, DHCPv6 included (``DHCP6_Solicit`` …,
-``DHCP6OptClientId``, ``DHCP6OptIA_NA``/``DHCP6OptIAAddress``, ``DHCP6OptOptReq``,
-``DHCP6OptElapsedTime``), with one exception: the Client FQDN option (39) is
-written by hand, because scapy's ``DHCP6OptClientFQDN`` always terminates the
-name with the root label, and a bare host name must go out as a *partial* name
-(RFC 4704 4.2) so that the server appends its own domain.
+A client message is written option by option (Client and Server Identifier, IA_NA with its
+IA Address, Elapsed Time, Client FQDN, Option Request) inside the Ethernet, IPv6 and UDP
+headers of ``frames``; Router Solicitation and Neighbour Advertisement likewise, with the
+ICMPv6 checksum. The Client FQDN option (39) carries a bare host name as a *partial* name
+(RFC 4704 4.2, no root label) so that the server appends its own domain.
 
-Parsing does not use scapy's DHCPv6 dissector: it never fails. An option whose
-length runs past the end of its parent, a truncated IA_NA, a server DUID of
-200 octets are all dissected "successfully" into ``Raw`` padding, and a
-message's meaning would then depend on how scapy guesses. A received message
-is therefore walked byte by byte here, and anything malformed raises
-``Malformed``; tests/unit/test_dhcp_packets.py checks that scapy's dissector
-and this parser read what ``build`` writes the same way.
+A received message is walked byte by byte, and anything malformed raises ``Malformed``: an
+option whose length runs past the end of its parent, a truncated IA_NA, a server DUID of 200
+octets are errors here, never a guess. tests/unit/test_dhcp_scapy_oracle.py checks that
+scapy (a test oracle only) and this module read and write the same messages.
 """
 
 from __future__ import annotations
@@ -28,32 +24,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from scapy.layers.dhcp6 import (
-    DHCP6_Decline,
-    DHCP6_Rebind,
-    DHCP6_Release,
-    DHCP6_Renew,
-    DHCP6_Request,
-    DHCP6_Solicit,
-    DHCP6OptClientId,
-    DHCP6OptElapsedTime,
-    DHCP6OptIA_NA,
-    DHCP6OptIAAddress,
-    DHCP6OptOptReq,
-    DHCP6OptServerId,
-    DHCP6OptUnknown,
-)
-from scapy.layers.inet import UDP
-from scapy.layers.inet6 import (
-    ICMPv6ND_NA,
-    ICMPv6ND_RS,
-    ICMPv6NDOptDstLLAddr,
-    ICMPv6NDOptSrcLLAddr,
-    IPv6,
-)
-from scapy.layers.l2 import Ether
-from scapy.packet import Packet, Raw
-
+from anchord.dhcp import frames
 from anchord.dhcp.packets import Malformed, mac_bytes
 
 SOLICIT, ADVERTISE, REQUEST, RENEW, REBIND, REPLY, RELEASE, DECLINE = 1, 2, 3, 5, 6, 7, 8, 9
@@ -69,9 +40,13 @@ SOL_MAX_RT_RANGE = (60, 86400)  # RFC 8415 21.24: a value outside is ignored
 MAX_MESSAGE = 1500
 INFINITY = 0xFFFFFFFF
 
-_MESSAGES: dict[int, type[Packet]] = {
-    SOLICIT: DHCP6_Solicit, REQUEST: DHCP6_Request, RENEW: DHCP6_Renew,
-    REBIND: DHCP6_Rebind, RELEASE: DHCP6_Release, DECLINE: DHCP6_Decline}
+_CLIENT_MESSAGES = (SOLICIT, REQUEST, RENEW, REBIND, RELEASE, DECLINE)
+ALL_DHCP_RELAY_AGENTS_AND_SERVERS = ("ff02::1:2", "33:33:00:01:00:02")
+ALL_ROUTERS = ("ff02::2", "33:33:00:00:00:02")
+ALL_NODES = ("ff02::1", "33:33:00:00:00:01")
+ND_ROUTER_SOLICIT, ND_NEIGHBOR_ADVERT = 133, 136
+ND_OPT_SOURCE_LLADDR, ND_OPT_TARGET_LLADDR = 1, 2
+NA_OVERRIDE = 0x20  # RFC 4861 4.4: R 0x80, S 0x40, O 0x20
 
 __all__ = ["Malformed", "Reply6", "RouterAdvert", "build", "classify", "parse_reply"]
 
@@ -93,44 +68,65 @@ def _fqdn(hostname: str) -> bytes:
     return b"\x01" + wire + (b"\x00" if len(labels) > 1 else b"")
 
 
+def option(code: int, value: bytes) -> bytes:
+    """One DHCPv6 option (RFC 8415 21.1): code, length, value."""
+    if len(value) > 0xFFFF:
+        raise ValueError(f"option {code}: {len(value)} octets do not fit in one option")
+    return struct.pack("!HH", code, len(value)) + value
+
+
 def build(msg_type: int, mac: str, src: str, xid: int, duid: bytes, iaid: int,
           hostname: str, *, address: str = "", server_duid: bytes = b"",
           elapsed: int = 0) -> bytes:
     """One DHCPv6 client message to All_DHCP_Relay_Agents_and_Servers, as a frame."""
-    message = _MESSAGES[msg_type](trid=xid & 0xFFFFFF)
-    message /= DHCP6OptClientId(duid=Raw(duid))
+    if msg_type not in _CLIENT_MESSAGES:
+        raise ValueError(f"not a client message type: {msg_type}")
+    message = struct.pack("!I", (msg_type << 24) | (xid & 0xFFFFFF)) + option(OPT_CLIENTID, duid)
     if server_duid:
-        message /= DHCP6OptServerId(duid=Raw(server_duid))
+        message += option(OPT_SERVERID, server_duid)
     # RFC 8415 21.6: lifetimes in a client's IA Address option are 0 (the server decides).
-    ia_addrs = [DHCP6OptIAAddress(addr=address, preflft=0, validlft=0)] if address else []
-    message /= DHCP6OptIA_NA(iaid=iaid, T1=0, T2=0, ianaopts=ia_addrs)
-    message /= DHCP6OptElapsedTime(elapsedtime=elapsed)
+    ia_addrs = option(OPT_IAADDR, ipaddress.IPv6Address(address).packed
+                      + struct.pack("!II", 0, 0)) if address else b""
+    message += option(OPT_IA_NA, struct.pack("!III", iaid, 0, 0) + ia_addrs)
+    message += option(OPT_ELAPSED, struct.pack("!H", elapsed))
     if msg_type not in (RELEASE, DECLINE):
-        message /= DHCP6OptUnknown(optcode=OPT_FQDN, data=_fqdn(hostname))
+        message += option(OPT_FQDN, _fqdn(hostname))
         # RFC 8415 18.2: SOL_MAX_RT is always in the Option Request option.
-        message /= DHCP6OptOptReq(reqopts=[OPT_DNS_SERVERS, OPT_DOMAIN_LIST, OPT_FQDN,
-                                           OPT_SOL_MAX_RT])
-    frame = (Ether(src=mac, dst="33:33:00:01:00:02")
-             / IPv6(src=src, dst="ff02::1:2", hlim=1)
-             / UDP(sport=546, dport=547) / message)
-    return bytes(frame)
+        message += option(OPT_ORO, struct.pack(
+            "!4H", OPT_DNS_SERVERS, OPT_DOMAIN_LIST, OPT_FQDN, OPT_SOL_MAX_RT))
+    dst, dst_mac = ALL_DHCP_RELAY_AGENTS_AND_SERVERS
+    return frames.ethernet(dst_mac, mac, frames.ETH_IPV6) + frames.ipv6(
+        src, dst, frames.PROTO_UDP, frames.udp(546, 547, message, src=src, dst=dst),
+        hop_limit=1)
+
+
+def _lladdr_option(kind: int, mac: str) -> bytes:
+    # RFC 4861 4.6.1: type, length in units of 8 octets, the link-layer address.
+    return struct.pack("!BB6s", kind, 1, mac_bytes(mac))
+
+
+def _icmpv6_frame(mac: str, src: str, group: tuple[str, str], icmp_type: int,
+                  body: bytes) -> bytes:
+    dst, dst_mac = group
+    return frames.ethernet(dst_mac, mac, frames.ETH_IPV6) + frames.ipv6(
+        src, dst, frames.PROTO_ICMPV6, frames.icmpv6(icmp_type, 0, body, src=src, dst=dst),
+        hop_limit=255)  # RFC 4861: 255, so a receiver knows it was not forwarded
 
 
 def router_solicit(mac: str, src: str) -> bytes:
     """RFC 4861 6.3.7; from the unspecified address (no link-local yet) without the SLLAO
     (4.1: it MUST NOT be included then)."""
-    rs = Ether(src=mac, dst="33:33:00:00:00:02") / IPv6(src=src, dst="ff02::2", hlim=255) \
-        / ICMPv6ND_RS()
+    body = b"\x00" * 4  # reserved
     if src != "::":
-        rs /= ICMPv6NDOptSrcLLAddr(lladdr=mac)
-    return bytes(rs)
+        body += _lladdr_option(ND_OPT_SOURCE_LLADDR, mac)
+    return _icmpv6_frame(mac, src, ALL_ROUTERS, ND_ROUTER_SOLICIT, body)
 
 
 def unsolicited_na(mac: str, address: str) -> bytes:
     """RFC 4861 7.2.6: tell the LAN at once which MAC has ``address`` now."""
-    return bytes(Ether(src=mac, dst="33:33:00:00:00:01")
-                 / IPv6(src=address, dst="ff02::1", hlim=255)
-                 / ICMPv6ND_NA(tgt=address, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=mac))
+    body = struct.pack("!B3x16s", NA_OVERRIDE, ipaddress.IPv6Address(address).packed) \
+        + _lladdr_option(ND_OPT_TARGET_LLADDR, mac)
+    return _icmpv6_frame(mac, address, ALL_NODES, ND_NEIGHBOR_ADVERT, body)
 
 
 @dataclass(frozen=True)

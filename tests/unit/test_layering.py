@@ -6,6 +6,8 @@
 - only ``anchord/nft.py`` speaks nftables (loads libnftables or runs ``nft``);
 - only the dhcp package imports scapy; nothing imports docker-py (or requests, urllib3):
   Docker is spoken with ``anchord.dockerhttp``, on the standard library;
+- in fact no product module imports scapy at all (it is the tests' oracle and traffic
+  generator, in the ``test`` extra only), and the dhcp worker's process does not load it;
 - the service-anchor imports nothing heavy (it runs once per exposed service);
 - the conntrack-flusher's process loads no pyroute2 (its ctnetlink codec is ``anchord.nfct``).
 """
@@ -86,6 +88,25 @@ def test_heavy_libraries_stay_in_their_module(path: Path) -> None:
     # requests and urllib3 it brings, are for the tests, not in the image.
     assert not {m for m in mods if m.split(".")[0] in ("docker", "requests", "urllib3")}, \
         rel(path)
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES
+                                  if rel(p).split("/")[0] in ("anchord", "workers")], ids=rel)
+def test_no_product_module_imports_scapy(path: Path) -> None:
+    """The image does not carry scapy (setup.cfg: the ``test`` extra); the dhcp worker writes
+    and reads its frames with anchord/dhcp/frames.py, packets.py and packets6.py. A lazy import
+    inside a function counts too (ast.walk sees it)."""
+    assert not {m for m in imports(path) if m.split(".")[0] == "scapy"}, rel(path)
+
+
+def test_dhcp_worker_process_loads_no_scapy() -> None:
+    """What the process loads, not what its files say: the worker and both packet modules
+    imported in a fresh interpreter leave no scapy module behind."""
+    probe = ("import sys, workers.dhcp, anchord.dhcp.packets, anchord.dhcp.packets6\n"
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'scapy')))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "", f"scapy modules loaded: {out.stdout.strip()}"
 
 
 def test_service_anchor_stays_light() -> None:
