@@ -170,7 +170,7 @@ def decode_link(payload: bytes) -> Link:
             kind = _str(info[IFLA_INFO_KIND])
         if kind == "macvlan" and IFLA_INFO_DATA in info:
             mode = _u32(attrs(info[IFLA_INFO_DATA]), IFLA_MACVLAN_MODE)
-    operstate = found.get(IFLA_OPERSTATE, b"\0")[0]
+    operstate = (found.get(IFLA_OPERSTATE) or b"\0")[0]
     return Link(
         index=index, name=_str(found.get(IFLA_IFNAME, b"")), flags=flags,
         address=_mac(found.get(IFLA_ADDRESS, b"")),
