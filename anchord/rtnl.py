@@ -11,9 +11,10 @@ and the framing are ``anchord.netlink``'s):
 - routes: dump one table per family, replace, delete.
 
 It decides nothing: which link, address or route, and when, is the caller's business. The
-requests carry what ``ip`` (and pyroute2 before this module) sends for the same operation, so
-the kernel sees no difference: an IPv4 address gets ``IFA_LOCAL`` beside ``IFA_ADDRESS``, a
-route delete matches on what it is given and nothing more.
+requests ask what pyroute2's asked for the same calls before this module (compared with
+strace; only the attributes' order differs, and an explicit ``RTA_TABLE`` equal to the
+header's table), so the kernel does the same: an IPv4 address gets ``IFA_LOCAL`` beside
+``IFA_ADDRESS``, a route delete matches on what it is given and scope universe.
 
 Every failure is ``anchord.netlink.NetlinkError`` with the kernel's errno (EEXIST, ENODEV,
 ESRCH, EADDRNOTAVAIL, ...), an ``OSError``.
