@@ -12,8 +12,9 @@ and the framing are ``anchord.netlink``'s):
 
 It decides nothing: which link, address or route, and when, is the caller's business. The
 requests ask what pyroute2's asked for the same calls before this module (compared with
-strace; only the attributes' order differs, and an explicit ``RTA_TABLE`` equal to the
-header's table), so the kernel does the same: an IPv4 address gets ``IFA_LOCAL`` beside
+strace; only the attributes' order differs, an explicit ``RTA_TABLE`` equal to the header's
+table, and no ``RTA_PRIORITY`` 0 for an IPv4 route without a metric: 0 matches any), so the
+kernel does the same: an IPv4 address gets ``IFA_LOCAL`` beside
 ``IFA_ADDRESS``, a route delete matches on what it is given and scope universe.
 
 Every failure is ``anchord.netlink.NetlinkError`` with the kernel's errno (EEXIST, ENODEV,
