@@ -1,9 +1,10 @@
 """One raw netlink request and its answer, with a timeout and strict framing.
 
 Owns what every raw-netlink user in anchord shares (``anchord.routes``, the service-anchor's
-default routes; ``anchord.dhcp.hostns``, links of another namespace; ``anchord.conntrack``,
-ctnetlink): opening the socket, sending one request, reading its answer (one message, a
-multipart dump up to ``NLMSG_DONE``, or the ACK) and the ``nlmsghdr``/attribute framing. What the
+default routes; ``anchord.rtnl``, the dhcp worker's links, addresses and routes;
+``anchord.dhcp.hostns``, another namespace's id; ``anchord.conntrack``, ctnetlink): opening the
+socket, sending one request, reading its answer (one message, a multipart dump up to
+``NLMSG_DONE``, or the ACK) and the ``nlmsghdr``/attribute framing. What the
 messages mean stays with the callers.
 
 Every failure is a :class:`NetlinkError` (an ``OSError``, so callers that already handle
@@ -33,6 +34,9 @@ from typing import NamedTuple
 NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_DUMP = 0x300
+# Modifiers of a NEW request (linux/netlink.h): replace an existing object, fail if one
+# exists, create one if none does.
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 
 # Seconds the kernel may stay silent before a request fails. Generous: the kernel answers in
 # microseconds to milliseconds; only a wedged kernel or a lost answer gets here.

@@ -13,7 +13,7 @@ metric, in any other table, and every non-default route are never touched.
 It speaks rtnetlink directly (three message types, a handful of attributes, framed by
 ``anchord.netlink``) instead of through pyroute2: importing pyroute2 costs about 19 MB of RSS,
 half of a service-anchor's budget, and a service-anchor runs once per exposed service (measured
-by benchmarks/bench_service_anchor.py). The network-anchor's workers use pyroute2.
+by benchmarks/bench_service_anchor.py). The dhcp worker's rtnetlink is ``anchord.rtnl``.
 """
 
 from __future__ import annotations

@@ -19,8 +19,6 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from pyroute2 import IPRoute
-
 from anchord.config import NetworkAnchorConfig
 from anchord.dhcp import gateway, kernel, kernel6
 from anchord.dhcp.leasefile import LeaseFile, StoredLease
@@ -30,6 +28,7 @@ from anchord.dhcp.timers import Backoff
 from anchord.dhcp.v4 import Dhcp4Client
 from anchord.dhcp.v6 import V6Client
 from anchord.lifecycle import release_requested
+from anchord.rtnl import Rtnl
 from bus.events import (
     Condition,
     Count,
@@ -86,8 +85,8 @@ class DhcpWorker:
         self.config = config
         self.bus = bus
         self.life = life
-        self.ipr = IPRoute()
-        self.child = ChildLink(self.ipr, config.ext_iface, config.ext_mac)
+        self.rt = Rtnl()
+        self.child = ChildLink(self.rt, config.ext_iface, config.ext_mac)
         self.leasefile = LeaseFile(config.state_dir, config.ext_iface, config.ext_mac)
         self.network_map: NetworkMap | None = None
         self.status = LinkStatus(parent="", problem="not checked yet")
@@ -118,22 +117,22 @@ class DhcpWorker:
         if self.status.index:
             preferred = remaining if lease.family == 4 else max(
                 0.0, lease.preferred - (time.time() - lease.acquired))
-            kernel.apply_address(self.ipr, self.status.index, lease.address, lease.prefixlen,
+            kernel.apply_address(self.rt, self.status.index, lease.address, lease.prefixlen,
                                  remaining, preferred, lease.router)
 
     def apply6(self, lease: StoredLease, valid: float, preferred: float) -> bool:
         """V6Host: False when the kernel refuses the address (EACCES with IPv6 off)."""
         if not self.status.index:
             return False
-        return kernel.apply_address(self.ipr, self.status.index, lease.address,
+        return kernel.apply_address(self.rt, self.status.index, lease.address,
                                     lease.prefixlen, valid, preferred)
 
     def addresses6(self) -> list[kernel6.Addr6]:
-        return kernel6.addresses(self.ipr, self.status.index)
+        return kernel6.addresses(self.rt, self.status.index)
 
     def remove(self, lease: StoredLease) -> None:
         if self.status.index:
-            kernel.remove_address(self.ipr, self.status.index, lease.address, lease.prefixlen,
+            kernel.remove_address(self.rt, self.status.index, lease.address, lease.prefixlen,
                                   lease.router)
 
     def changed(self, lease: StoredLease | None, previous: StoredLease | None,
@@ -211,7 +210,7 @@ class DhcpWorker:
     # --- link -----------------------------------------------------------------
 
     def _check_link(self, now: float) -> None:
-        parent = resolve_parent(self.ipr, self.config.vlan_parent, self.config.ext_iface,
+        parent = resolve_parent(self.rt, self.config.vlan_parent, self.config.ext_iface,
                                 self.network_map)
         old = self.status
         status = self.child.ensure(parent, bring_up=self.filter_ready)
@@ -248,17 +247,17 @@ class DhcpWorker:
     def _converge_routing(self, child_index: int, parent: str) -> None:
         """Only the child routes out of this namespace (anchord.dhcp.gateway says why)."""
         if parent and ":" not in parent and "/" not in parent:
-            removed = gateway.strip_parent(self.ipr, parent)
+            removed = gateway.strip_parent(self.rt, parent)
             if removed:
                 log.info("removed the VLAN parent's own addresses: it is only the child's "
                          "lower device", extra={"fields": {"iface": parent,
                                                            "addresses": removed}})
-        for route in gateway.drop_foreign_defaults(self.ipr, child_index):
+        for route in gateway.drop_foreign_defaults(self.rt, child_index):
             log.info("removed a default route that bypasses the child", extra={"fields": {
                 "route": route}})
         claims = [(a.mac, a.gateway) for a in self.network_map.networks] \
             if self.network_map is not None else []
-        for added in gateway.claim_gateways(self.ipr, claims, self.config.ext_iface):
+        for added in gateway.claim_gateways(self.rt, claims, self.config.ext_iface):
             log.info("took the transit network's gateway: its containers route through anchord",
                      extra={"fields": {"gateway": added}})
 
@@ -368,7 +367,7 @@ class DhcpWorker:
                 log.info("dhcp worker stopping for a restart: child, address and lease kept")
         finally:
             self._close_sockets()
-            self.ipr.close()
+            self.rt.close()
         return 0
 
     def shutdown(self) -> None:

@@ -1,4 +1,4 @@
-"""The anchord container's routing outside its macvlan child, through pyroute2.
+"""The anchord container's routing outside its macvlan child, through ``anchord.rtnl``.
 
 Owns two things the dhcp worker converges on at every link check (both idempotent, so a
 restarted worker adopts what the last one did):
@@ -32,42 +32,33 @@ import logging
 import socket
 from collections.abc import Iterable
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from anchord.netlink import NetlinkError
+from anchord.rtnl import MAIN_TABLE, RTN_UNICAST, Rtnl
 
 log = logging.getLogger(__name__)
 
-MAIN_TABLE = 254
-RTN_UNICAST = 1
 
-
-def drop_foreign_defaults(ipr: IPRoute, child_index: int) -> list[str]:
+def drop_foreign_defaults(rt: Rtnl, child_index: int) -> list[str]:
     """Delete the main table's default routes that do not leave through the child; returns
     what was deleted (``via <gateway> oif <index>``) for the log."""
     dropped = []
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
-            routes = ipr.get_routes(family=family, table=MAIN_TABLE)
+            routes = rt.routes(family, MAIN_TABLE)
         except NetlinkError:
             continue
         for route in routes:
-            if route["dst_len"] != 0 or route["type"] != RTN_UNICAST:
+            if route.dst_len != 0 or route.type != RTN_UNICAST:
                 continue
-            oif = route.get_attr("RTA_OIF")
-            gateway = route.get_attr("RTA_GATEWAY")
+            oif, gateway = route.oif, route.gateway
             if oif == child_index and child_index:
                 continue
             if oif is None and gateway is None:
                 continue  # multipath or otherwise unusual: not Docker's, not ours to judge
-            spec: dict[str, object] = {
-                "family": family, "dst_len": 0, "table": MAIN_TABLE,
-                "priority": route.get_attr("RTA_PRIORITY") or 0}
-            if oif is not None:
-                spec["oif"] = oif
-            if gateway is not None:
-                spec["gateway"] = gateway
             try:
-                ipr.route("del", **spec)
+                # Matched on its metric too (a missing one is IPv4's 0, which matches any).
+                rt.delete_route(family, gateway=gateway, oif=oif, priority=route.priority,
+                                table=MAIN_TABLE)
             except NetlinkError as exc:
                 log.warning("could not delete a default route", extra={"fields": {
                     "gateway": gateway, "oif": oif, "error": str(exc)}})
@@ -76,7 +67,7 @@ def drop_foreign_defaults(ipr: IPRoute, child_index: int) -> list[str]:
     return dropped
 
 
-def claim_gateways(ipr: IPRoute, claims: Iterable[tuple[str, str]], child: str) -> list[str]:
+def claim_gateways(rt: Rtnl, claims: Iterable[tuple[str, str]], child: str) -> list[str]:
     """Put each ``(mac, gateway)`` gateway on the interface with that MAC (not the child);
     returns the gateways newly added."""
     wanted = {mac.lower(): gateway for mac, gateway in claims if gateway}
@@ -84,22 +75,21 @@ def claim_gateways(ipr: IPRoute, claims: Iterable[tuple[str, str]], child: str) 
         return []
     added = []
     try:
-        links = ipr.get_links()
+        links = rt.links()
     except NetlinkError:
         return []
     for link in links:
-        name = link.get_attr("IFLA_IFNAME")
-        mac = str(link.get_attr("IFLA_ADDRESS") or "").lower()
-        if name in (child, "lo") or mac not in wanted:
+        name = link.name
+        if name in (child, "lo") or link.address not in wanted:
             continue
-        gateway = wanted[mac]
-        index = int(link["index"])
+        gateway = wanted[link.address]
+        index = link.index
         try:
-            present = any(a.get_attr("IFA_ADDRESS") == gateway
-                          for a in ipr.get_addr(index=index, family=socket.AF_INET))
+            present = any(a.address == gateway
+                          for a in rt.addresses(socket.AF_INET, index))
             if present:
                 continue
-            ipr.addr("add", index=index, address=gateway, prefixlen=32)
+            rt.add_address(index, gateway, 32)
         except NetlinkError as exc:
             log.warning("could not take the transit network's gateway", extra={"fields": {
                 "gateway": gateway, "iface": name, "error": str(exc)}})
@@ -108,24 +98,23 @@ def claim_gateways(ipr: IPRoute, claims: Iterable[tuple[str, str]], child: str) 
     return added
 
 
-def strip_parent(ipr: IPRoute, parent: str) -> list[str]:
+def strip_parent(rt: Rtnl, parent: str) -> list[str]:
     """Remove every address (v4 and v6) of the local interface ``parent``; returns them."""
-    found = ipr.link_lookup(ifname=parent)
-    if not found:
+    index = rt.lookup(parent)
+    if not index:
         return []
-    index = int(found[0])
     removed = []
     try:
-        addrs = list(ipr.get_addr(index=index))
+        addrs = rt.addresses(index=index)
     except NetlinkError:
         return []
     for addr in addrs:
-        address = str(addr.get_attr("IFA_ADDRESS"))
+        address = addr.address
         try:
-            ipr.addr("del", index=index, address=address, prefixlen=int(addr["prefixlen"]))
+            rt.delete_address(index, address, addr.prefixlen)
         except NetlinkError as exc:
             log.warning("could not remove an address of the VLAN parent", extra={"fields": {
                 "iface": parent, "address": address, "error": str(exc)}})
             continue
-        removed.append(f"{address}/{addr['prefixlen']}")
+        removed.append(f"{address}/{addr.prefixlen}")
     return removed

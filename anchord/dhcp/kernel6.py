@@ -1,4 +1,4 @@
-"""The child's IPv6 addresses as the kernel holds them, read through pyroute2.
+"""The child's IPv6 addresses as the kernel holds them, read through ``anchord.rtnl``.
 
 Owns the reading side of IPv6 on the child: every address with its scope,
 flags (tentative, DAD failed, deprecated, temporary, permanent) and remaining
@@ -13,8 +13,8 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from anchord.netlink import NetlinkError
+from anchord.rtnl import Rtnl
 
 # linux/if_addr.h
 IFA_F_TEMPORARY = 0x01
@@ -51,24 +51,17 @@ class Addr6:
         return not self.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)
 
 
-def addresses(ipr: IPRoute, index: int) -> list[Addr6]:
+def addresses(rt: Rtnl, index: int) -> list[Addr6]:
     """Every IPv6 address of interface ``index`` ([] if it has none or is gone)."""
     if not index:
         return []
     try:
-        found = ipr.get_addr(index=index, family=socket.AF_INET6)
+        found = rt.addresses(socket.AF_INET6, index)
     except NetlinkError:
         return []
-    out = []
-    for a in found:
-        # IFA_FLAGS carries the 32-bit flags; the header's 8-bit field is the fallback.
-        flags = a.get_attr("IFA_FLAGS")
-        flags = int(a["flags"] if flags is None else flags)
-        info = a.get_attr("IFA_CACHEINFO") or {}
-        out.append(Addr6(str(a.get_attr("IFA_ADDRESS")), int(a["prefixlen"]), flags,
-                         int(a["scope"]), int(info.get("ifa_valid", 0)),
-                         int(info.get("ifa_preferred", 0))))
-    return out
+    # The flags are the 32-bit IFA_FLAGS, the header's 8 bits without it (anchord.rtnl).
+    return [Addr6(a.address, a.prefixlen, a.flags, a.scope, a.valid, a.preferred)
+            for a in found]
 
 
 def link_local(found: list[Addr6], tentative_ok: bool = False) -> str:

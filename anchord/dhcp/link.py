@@ -15,17 +15,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from anchord.dhcp import hostns
+from anchord.netlink import NetlinkError
+from anchord.rtnl import IFF_LOWER_UP, IFF_UP, MACVLAN_MODE_BRIDGE, MACVLAN_MODES, Rtnl
 from bus.events import NetworkMap
 
 log = logging.getLogger(__name__)
 
-IFF_UP = 0x1
-IFF_LOWER_UP = 0x10000
-MACVLAN_MODE_BRIDGE = "bridge"
 # SLAAC on the child even when the container forwards (accept_ra=2), with the
 # EUI-64 host part (addr_gen_mode=0) so the v6 address is as stable as the MAC.
 V6_SYSCTLS = (("disable_ipv6", "0"), ("addr_gen_mode", "0"), ("accept_ra", "2"),
@@ -46,11 +42,11 @@ class LinkStatus:
     problem: str = ""  # why there is no usable child, for logs and status
 
 
-def resolve_parent(ipr: IPRoute, name: str, child: str, network_map: NetworkMap | None) -> str:
+def resolve_parent(rt: Rtnl, name: str, child: str, network_map: NetworkMap | None) -> str:
     """The interface to use as parent: ``name`` itself if it exists, else the
     interface whose MAC the NetworkMap gives for the Compose network ``name``.
     ``/path/to/netns:ifname`` names an interface of another namespace (F-6d)."""
-    if hostns.split_parent(name) is not None or ipr.link_lookup(ifname=name):
+    if hostns.split_parent(name) is not None or rt.lookup(name):
         return name
     if network_map is None:
         return ""
@@ -58,45 +54,40 @@ def resolve_parent(ipr: IPRoute, name: str, child: str, network_map: NetworkMap 
             if name in (a.network, a.alias) or a.network.endswith(f"_{name}")}
     if not macs:
         return ""
-    for link in ipr.get_links():
-        ifname = link.get_attr("IFLA_IFNAME")
-        if ifname == child or ifname == "lo":
+    for link in rt.links():
+        if link.name == child or link.name == "lo":
             continue
-        if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "macvlan":
+        if link.kind == "macvlan":
             continue
-        if str(link.get_attr("IFLA_ADDRESS") or "").lower() in macs:
-            return str(ifname)
+        if link.address in macs:
+            return link.name
     return ""
 
 
 class ChildLink:
     """The macvlan child ``name`` with MAC ``mac``."""
 
-    def __init__(self, ipr: IPRoute, name: str, mac: str) -> None:
-        self.ipr = ipr
+    def __init__(self, rt: Rtnl, name: str, mac: str) -> None:
+        self.rt = rt
         self.name = name
         self.mac = mac.lower()
 
     def _lookup(self, ifname: str) -> int:
-        found = self.ipr.link_lookup(ifname=ifname)
-        return int(found[0]) if found else 0
+        return self.rt.lookup(ifname)
 
     def _shape_problem(self, index: int, parent_index: int, parent_nsid: int | None) -> str:
         """Why the existing child is not ours as it should be ("" when it is)."""
-        link = self.ipr.get_links(index)[0]
-        kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-        if kind != "macvlan":
-            return f"kind {kind}"
-        mode = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_MACVLAN_MODE")
-        if mode != MACVLAN_MODE_BRIDGE:
-            return f"mode {mode}"
-        if link.get_attr("IFLA_LINK_NETNSID") != parent_nsid:
-            return f"parent namespace id {link.get_attr('IFLA_LINK_NETNSID')}"
-        if link.get_attr("IFLA_LINK") != parent_index:
-            return f"parent index {link.get_attr('IFLA_LINK')}"
-        mac = str(link.get_attr("IFLA_ADDRESS") or "").lower()
-        if mac != self.mac:
-            return f"mac {mac}"
+        link = self.rt.link(index)
+        if link.kind != "macvlan":
+            return f"kind {link.kind}"
+        if link.macvlan_mode != MACVLAN_MODE_BRIDGE:
+            return f"mode {MACVLAN_MODES.get(link.macvlan_mode or 0, link.macvlan_mode)}"
+        if link.link_netnsid != parent_nsid:
+            return f"parent namespace id {link.link_netnsid}"
+        if link.link != parent_index:
+            return f"parent index {link.link}"
+        if link.address != self.mac:
+            return f"mac {link.address}"
         return ""
 
     def ensure(self, parent: str, bring_up: bool = True) -> LinkStatus:
@@ -109,7 +100,7 @@ class ChildLink:
         try:
             return self._ensure(parent, bring_up)
         except NetlinkError as exc:
-            return LinkStatus(parent, problem=f"netlink error {exc.code}: {exc}")
+            return LinkStatus(parent, problem=f"netlink error {exc.errno}: {exc.strerror}")
         except OSError as exc:
             return LinkStatus(parent, problem=f"{type(exc).__name__}: {exc}")
 
@@ -140,12 +131,11 @@ class ChildLink:
             if problem:
                 log.warning("replacing a child of the wrong shape",
                             extra={"fields": {"iface": self.name, "problem": problem}})
-                self.ipr.link("del", index=index)
+                self.rt.delete_link(index)
                 index = 0
         if not index:
-            extra = {} if parent_nsid is None else {"link_netnsid": parent_nsid}
-            self.ipr.link("add", ifname=self.name, kind="macvlan", link=parent_index,
-                          macvlan_mode=MACVLAN_MODE_BRIDGE, address=self.mac, **extra)
+            self.rt.add_macvlan(self.name, parent_index, self.mac, MACVLAN_MODE_BRIDGE,
+                                 parent_nsid=parent_nsid)
             index = self._lookup(self.name)
             if not index:
                 return LinkStatus(parent, problem="child vanished after creation")
@@ -153,18 +143,17 @@ class ChildLink:
             log.info("macvlan child created", extra={"fields": {
                 "iface": self.name, "parent": parent, "mac": self.mac}})
         self._sysctls()
-        link = self.ipr.get_links(index)[0]
-        if not link["flags"] & IFF_UP:
+        link = self.rt.link(index)
+        if not link.flags & IFF_UP:
             if not bring_up:
                 return LinkStatus(parent, index=index, created=created,
                                   problem=HELD_DOWN)
-            self.ipr.link("set", index=index, state="up")
-            link = self.ipr.get_links(index)[0]
+            self.rt.set_up(index)
+            link = self.rt.link(index)
         # Carrier alone is not enough: until the kernel's linkwatch has activated the
         # queueing discipline (operstate UP), frames sent are silently dropped, and a
         # lost first DISCOVER costs a whole 4 s retransmission.
-        operstate = link.get_attr("IFLA_OPERSTATE")
-        up = bool(link["flags"] & IFF_LOWER_UP) and operstate in ("UP", "UNKNOWN")
+        up = bool(link.flags & IFF_LOWER_UP) and link.operstate in ("UP", "UNKNOWN")
         return LinkStatus(parent, index=index, up=up, created=created,
                           problem="" if up else f"parent {parent} down")
 
@@ -195,7 +184,7 @@ class ChildLink:
         index = self._lookup(self.name)
         if index:
             try:
-                self.ipr.link("del", index=index)
+                self.rt.delete_link(index)
                 # The Go anchord's words, kept for its users' scripts.
                 log.info("macvlan removed", extra={"fields": {"iface": self.name}})
             except NetlinkError as exc:

@@ -268,16 +268,18 @@ def test_ipv6_off_on_the_child_is_never_reported_bound(bed: Lan) -> None:
 
 def test_the_kernel_refuses_an_ipv6_address_when_ipv6_is_off(bed: Lan) -> None:
     """What the V6Host reports to the machine: False (EACCES) from the real kernel."""
-    from pyroute2 import NetNS
-
     from anchord.dhcp import kernel
+    from anchord.rtnl import Rtnl
+    from tests.integration.inbound_topo import inside
     bed.anchor.run("ip", "link", "add", "dummy6", "type", "veth", "peer", "name", "dummy6p")
     bed.anchor.sysctl("net.ipv6.conf.dummy6.disable_ipv6", "1")
-    ns = NetNS(bed.anchor.name)
+    with inside(bed.anchor):
+        rt = Rtnl()  # its socket stays in the anchor's namespace
     try:
-        index = ns.link_lookup(ifname="dummy6")[0]
-        assert not kernel.apply_address(ns, index, f"{LAN_V6}99", 128, 60, 30)
+        index = rt.lookup("dummy6")
+        assert index
+        assert not kernel.apply_address(rt, index, f"{LAN_V6}99", 128, 60, 30)
         bed.anchor.sysctl("net.ipv6.conf.dummy6.disable_ipv6", "0")
-        assert kernel.apply_address(ns, index, f"{LAN_V6}99", 128, 60, 30)
+        assert kernel.apply_address(rt, index, f"{LAN_V6}99", 128, 60, 30)
     finally:
-        ns.close()
+        rt.close()

@@ -147,10 +147,10 @@ def test_egress_to_the_lan_leaves_by_the_child_with_the_project_address(edge: Ed
         answer = it.ask(edge.b1.ns, target, "tcp", 7000, timeout=1.0)
         assert answer.startswith("ERROR"), (target, answer)
     with it.inside(edge.anchor):
-        from pyroute2 import IPRoute
+        from anchord.rtnl import Rtnl
 
-        with IPRoute() as ipr:
-            removed = gateway.strip_parent(ipr, PARENT)
+        with Rtnl() as rt:
+            removed = gateway.strip_parent(rt, PARENT)
     assert f"{PARENT4}/24" in removed, removed
     assert f"{PARENT6}/64" in removed, removed
     assert it.ask(edge.b1.ns, it.CLIENT4, "tcp", 7000) == f"lan {it.PROJECT4} 7000"

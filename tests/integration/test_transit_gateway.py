@@ -24,12 +24,12 @@ from tests.netns import topology, wait_until
 
 SNIPPET = """
 import json, sys
-from pyroute2 import IPRoute
 from anchord.dhcp import gateway
+from anchord.rtnl import Rtnl
 child_index, mac = int(sys.argv[1]), sys.argv[2]
-with IPRoute() as ipr:
-    dropped = gateway.drop_foreign_defaults(ipr, child_index)
-    claimed = gateway.claim_gateways(ipr, [(mac, "10.79.0.1")], "cx")
+with Rtnl() as rt:
+    dropped = gateway.drop_foreign_defaults(rt, child_index)
+    claimed = gateway.claim_gateways(rt, [(mac, "10.79.0.1")], "cx")
 print(json.dumps({"dropped": dropped, "claimed": claimed}))
 """
 

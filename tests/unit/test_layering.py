@@ -10,6 +10,8 @@
   generator, in the ``test`` extra only), and the dhcp worker's process does not load it;
 - the service-anchor imports nothing heavy (it runs once per exposed service);
 - the conntrack-flusher's process loads no pyroute2 (its ctnetlink codec is ``anchord.nfct``).
+- no module of ``anchord`` or ``workers`` imports pyroute2 (rtnetlink is ``anchord.rtnl``,
+  ctnetlink ``anchord.nfct``, both on ``anchord.netlink``): the dhcp worker's process loads none.
 """
 
 from __future__ import annotations
@@ -120,6 +122,34 @@ def test_conntrack_flusher_imports_no_pyroute2() -> None:
     """What the process really loads, not what its files say: a fresh interpreter imports the
     worker and lists the modules it ended up with (a transitive import counts too)."""
     probe = ("import sys, workers.conntrack_flusher\n"
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2')))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "", f"pyroute2 modules loaded: {out.stdout.strip()}"
+
+
+PRODUCT = [p for p in SOURCES if p.relative_to(ROOT).parts[0] in ("anchord", "workers")]
+
+
+def test_product_sources_found() -> None:
+    assert any(rel(p) == "anchord/rtnl.py" for p in PRODUCT)
+    assert any(rel(p) == "workers/dhcp.py" for p in PRODUCT)
+
+
+@pytest.mark.parametrize("path", PRODUCT, ids=rel)
+def test_the_product_imports_no_pyroute2(path: Path) -> None:
+    """pyroute2 is a test dependency only: importing it cost the dhcp worker ~12 MB of RSS."""
+    text = path.read_text()
+    bad = {m for m in imports(path) if m.split(".")[0] == "pyroute2"}
+    # A lazy ``importlib.import_module("pyroute2")`` or ``__import__`` would slip past the AST.
+    assert not bad, f"{rel(path)} imports {bad}"
+    assert 'import_module("pyroute2' not in text, rel(path)
+    assert '__import__("pyroute2' not in text, rel(path)
+
+
+def test_dhcp_worker_loads_no_pyroute2() -> None:
+    """The process, transitively: a fresh interpreter imports the dhcp worker."""
+    probe = ("import sys, workers.dhcp\n"
              "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2')))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, check=True)
