@@ -81,5 +81,5 @@ def configure(worker: str, level: int = logging.INFO, stream: IO[str] | None = N
     root.addHandler(handler)
     root.setLevel(level)
     # Third-party chatter stays at warning unless we debug.
-    for noisy in ("urllib3", "docker", "pyroute2", "scapy"):
+    for noisy in ("urllib3",):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -4,10 +4,10 @@
   ``anchord.backoff``, a leaf that imports only the standard library;
 - workers never import each other;
 - only ``anchord/nft.py`` speaks nftables (loads libnftables or runs ``nft``);
-- only the dhcp package imports scapy; nothing imports docker-py (or requests, urllib3):
-  Docker is spoken with ``anchord.dockerhttp``, on the standard library;
-- in fact no product module imports scapy at all (it is the tests' oracle and traffic
-  generator, in the ``test`` extra only), and the dhcp worker's process does not load it;
+- nothing imports docker-py (or requests, urllib3): Docker is spoken with
+  ``anchord.dockerhttp``, on the standard library;
+- no product module imports scapy (it is the tests' oracle and traffic generator, in the
+  ``test`` extra only), and the dhcp worker's process does not load it;
 - the service-anchor imports nothing heavy (it runs once per exposed service);
 - the conntrack-flusher's process loads no pyroute2 (its ctnetlink codec is ``anchord.nfct``).
 - no module of ``anchord`` or ``workers`` imports pyroute2 (rtnetlink is ``anchord.rtnl``,
