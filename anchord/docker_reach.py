@@ -20,6 +20,9 @@ is shared between them.
 
 from __future__ import annotations
 
+import errno
+import os
+import select
 import socket
 import threading
 import time
@@ -81,18 +84,60 @@ class Reachability:
             raise DockerUnavailable(f"{docker_host}: cannot resolve {host}: {answers}")
         if not connect:
             return
-        # Every address the name resolves to, in order: with IPv6 on the proxy's network the
-        # first answer is its IPv6 address, which a proxy listening on IPv4 only refuses.
-        errors = []
-        for family, kind, proto, _, address in answers:
-            with socket.socket(family, kind, proto) as s:
-                s.settimeout(timeout)
-                try:
-                    s.connect(address)
-                    return
-                except OSError as exc:
-                    errors.append(f"{address[0]}: {exc}")
-        raise DockerUnavailable(f"{docker_host}: {host}:{port}: {'; '.join(errors)}")
+        self._connect(docker_host, answers, timeout)
+
+    @staticmethod
+    def _connect(docker_host: str, answers: list[Any], timeout: float) -> None:
+        """Return once a TCP connection to one of ``answers`` is accepted; raise
+        DockerUnavailable when none is within ``timeout``.
+
+        Every address, in turn: with IPv6 on the proxy's network the first answer is its IPv6
+        address, which a proxy listening on IPv4 only refuses (an address not tried yet is
+        tried at once after a failure). Then a fresh connection every HEDGE, beside those in
+        flight, and the first accepted wins: while the proxy's container comes up its first
+        SYNs are lost (the kernel would retransmit after 1 s, the whole probe timeout) or
+        refused (not listening yet).
+        """
+        pending: dict[socket.socket, str] = {}
+        errors: list[str] = []
+        deadline = time.monotonic() + timeout
+        next_start = 0.0
+        started = 0
+        try:
+            while (now := time.monotonic()) < deadline:
+                if now >= next_start:
+                    family, kind, proto, _, address = answers[started % len(answers)]
+                    started += 1
+                    next_start = now if started < len(answers) else now + HEDGE
+                    s = socket.socket(family, kind, proto)
+                    s.setblocking(False)
+                    code = s.connect_ex(address)
+                    if code == 0:
+                        s.close()
+                        return
+                    if code != errno.EINPROGRESS:
+                        s.close()
+                        errors.append(f"{address[0]}: {os.strerror(code)}")
+                        continue
+                    pending[s] = address[0]
+                    next_start = max(next_start, now + HEDGE)
+                until = min(deadline, next_start)
+                _, done, _ = select.select([], list(pending), [], max(0.0, until - now))
+                for s in done:
+                    code = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if code == 0:
+                        return
+                    errors.append(f"{pending.pop(s)}: {os.strerror(code)}")
+                    s.close()
+                    if started < len(answers):
+                        next_start = time.monotonic()  # the next address at once
+            errors += [f"{a}: timed out" for a in pending.values()]
+        finally:
+            for s in pending:
+                s.close()
+        host_port = docker_host.split("://", 1)[1].split("/", 1)[0]
+        raise DockerUnavailable(f"{docker_host}: {host_port}: "
+                                f"{'; '.join(dict.fromkeys(errors))}")
 
     def _resolve(self, host: str, port: int, timeout: float) -> Any:
         """getaddrinfo's answers, the OSError it raised, or None if none comes within

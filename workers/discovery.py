@@ -404,6 +404,8 @@ class Discovery:
                 "fields": {"error": error, "generation": self.generation}})
             self.connected = False
             self.on_change()
+        else:
+            log.debug("docker API still lost", extra={"fields": {"error": error}})
 
     # --- the table ---------------------------------------------------------------------------
 
