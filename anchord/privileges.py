@@ -19,7 +19,7 @@ open the console, and the switch can depend on the account existing. Where it do
 integration tests run the real supervisord and programs on the host, where no ``anchord`` user
 exists), every program keeps what it was started with and says so in one warning line; the
 image always has the account. The entry process shares the run directory with the account's
-group (``bus.broker.prepare_run_dir``) on the same condition.
+group (``bus.rundir.prepare_run_dir``) on the same condition.
 """
 
 from __future__ import annotations

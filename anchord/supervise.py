@@ -19,17 +19,15 @@ import signal
 import subprocess
 import sys
 import time
-import xmlrpc.client
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any, cast
 
-from anchord import health, privileges
+from anchord import health, privileges, supervisorrpc
 from anchord.config import NetworkAnchorConfig
 from anchord.lifecycle import clear_shutdown, mark_shutdown
 from anchord.logsetup import CONSOLE_ENV
-from bus.broker import PUB_SOCKET, SUB_SOCKET, RunDirError, prepare_run_dir
+from bus.rundir import PUB_SOCKET, SUB_SOCKET, RunDirError, prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +175,6 @@ def _zombie(pid: int) -> bool:
     return _state(pid) == "Z"
 
 
-def _rpc(run_dir: Path) -> xmlrpc.client.ServerProxy:
-    from supervisor.xmlrpc import SupervisorTransport
-
-    transport = SupervisorTransport(None, None, f"unix://{run_dir / 'supervisor.sock'}")
-    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-
-
 def _poke(run_dir: Path) -> None:
     """Make supervisord's main loop turn now.
 
@@ -193,8 +184,8 @@ def _poke(run_dir: Path) -> None:
     second comes before the first program is spawned; at a stop, after each exit.
     """
     # a fault (SHUTDOWN_STATE while stopping) is an answer: the loop turned
-    with contextlib.suppress(OSError, xmlrpc.client.Error):
-        _rpc(run_dir).supervisor.getState()
+    with contextlib.suppress(OSError, supervisorrpc.Fault):
+        supervisorrpc.get_state(run_dir / "supervisor.sock")
 
 
 def _wake_at_start(run_dir: Path, proc: subprocess.Popen[bytes], limit: float = 5.0) -> None:
@@ -224,13 +215,12 @@ def _stop_workers_together(run_dir: Path, supervisord_pid: int) -> dict[int, str
     while supervisord is not stopping yet.
     """
     try:
-        state = cast(dict[str, Any], _rpc(run_dir).supervisor.getState())
-        if state["statename"] != "SHUTDOWN":
+        if supervisorrpc.get_state(run_dir / "supervisor.sock") != "SHUTDOWN":
             return None
-    except xmlrpc.client.Fault as fault:
-        if fault.faultCode != _SHUTDOWN_STATE_FAULT:
+    except supervisorrpc.Fault as fault:
+        if fault.code != _SHUTDOWN_STATE_FAULT:
             return {}
-    except (OSError, xmlrpc.client.Error):
+    except OSError:
         # supervisord is gone or not answering: its own sequential stop is all there is.
         return {}
     signalled = []

@@ -52,9 +52,9 @@ from pathlib import Path
 import docker
 import zmq
 
-from bus.broker import endpoints
 from bus.codec import DecodeError, decode
 from bus.events import BackendsDesired, NatApplied
+from bus.rundir import endpoints
 from tests.integration.discovery_support import Project, ensure_dockerd, project
 from tests.integration.inbound_topo import SERVER, Stream, _wait_line, tcp_loop
 from tests.netns import Netns, Topology, sh, topology, wait_until

@@ -26,9 +26,9 @@ from types import TracebackType
 import zmq
 
 from anchord.backoff import Backoff
-from bus.broker import endpoints
 from bus.codec import MAX_MESSAGE_BYTES, DecodeError, decode, encode
 from bus.events import CATALOGUE, Condition, Event, Hello, WorkerStatus
+from bus.rundir import endpoints
 
 log = logging.getLogger(__name__)
 

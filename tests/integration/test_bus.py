@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from bus.broker import endpoints
+from bus.rundir import endpoints
 from tests.netns import wait_until
 
 HEARTBEAT = 1.0

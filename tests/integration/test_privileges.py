@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from anchord import privileges
-from bus.broker import SHARED_MODE, prepare_run_dir
+from bus.rundir import SHARED_MODE, prepare_run_dir
 from tests.netns import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

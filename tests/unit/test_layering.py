@@ -9,6 +9,8 @@
 - no product module imports scapy (it is the tests' oracle and traffic generator, in the
   ``test`` extra only), and the dhcp worker's process does not load it;
 - the service-anchor imports nothing heavy (it runs once per exposed service);
+- the entry process loads no zmq, xmlrpc or supervisor module (it lives as long as the
+  container);
 - the conntrack-flusher's process loads no pyroute2 (its ctnetlink codec is ``anchord.nfct``).
 - no module of ``anchord`` or ``workers`` imports pyroute2 (rtnetlink is ``anchord.rtnl``,
   ctnetlink ``anchord.nfct``, both on ``anchord.netlink``): the dhcp worker's process loads none.
@@ -116,6 +118,21 @@ def test_service_anchor_stays_light() -> None:
             | imports(ROOT / "anchord/netlink.py"))
     heavy = {m for m in mods if m.split(".")[0] in ("scapy", "docker", "zmq", "pyroute2", "bus")}
     assert not heavy
+
+
+def test_entry_process_loads_no_zmq_and_no_xmlrpc() -> None:
+    """The network-anchor's entry process (``anchord.supervise``) lives as long as the
+    container: it prepares the run directory without zmq (``bus.rundir``) and asks supervisord
+    its state without xmlrpc.client (``anchord.supervisorrpc``). What a fresh interpreter loads,
+    lazy imports included, as the entry runs them (``_poke`` imported supervisor's transport)."""
+    probe = ("import sys, anchord.supervise\n"
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('zmq', 'xmlrpc', 'supervisor'))))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "", f"loaded: {out.stdout.strip()}"
+    mods = imports(ROOT / "anchord/supervise.py")
+    assert not {m for m in mods if m.split(".")[0] in ("zmq", "xmlrpc", "supervisor")}, mods
 
 
 def test_conntrack_flusher_imports_no_pyroute2() -> None:
