@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.netns import Netns, sh
@@ -104,27 +105,40 @@ class HostCpu:
         return (busy - self.busy0) / (total - self.total0) * (os.cpu_count() or 1)
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (its threads included), seconds; 0 if it is gone."""
+def proc_cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime + stime of one process (its threads included), seconds; 0 if it is gone. With
+    ``children``, plus what its waited-for children used: a containerd shim's ``runc exec``
+    per healthcheck is one of those."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
     except OSError:
         return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    fields = [int(x) for x in stat.rsplit(")", 1)[1].split()[11:15]]
+    return sum(fields if children else fields[:2]) / CLK_TCK
 
 
 def cgroup_cpu_seconds(pid: int) -> float:
-    """CPU of the cgroup (v2) a process is in: a container's, every exec in it included."""
+    """CPU of the cgroup a process is in: a container's, every exec in it included. cgroup v1
+    (``cpuacct.usage``, also what a hybrid host accounts in) if the process has a cpuacct
+    controller, else v2 (``cpu.stat``)."""
     try:
         with open(f"/proc/{pid}/cgroup") as f:
-            path = f.read().strip().split("::", 1)[-1]
-        with open(f"/sys/fs/cgroup{path}/cpu.stat") as f:
-            for line in f:
-                if line.startswith("usage_usec"):
-                    return int(line.split()[1]) / 1e6
-    except (OSError, IndexError, ValueError):
+            lines = [line.strip().split(":", 2) for line in f if line.strip()]
+        for _, controllers, path in lines:
+            if "cpuacct" in controllers.split(","):
+                for mount in ("cpuacct", "cpu,cpuacct"):
+                    usage = Path(f"/sys/fs/cgroup/{mount}{path}/cpuacct.usage")
+                    if usage.exists():
+                        return int(usage.read_text()) / 1e9
+        path = next(p for h, c, p in lines if h == "0" and c == "")
+        for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+            stat = Path(f"{root}{path}/cpu.stat")
+            if stat.exists():
+                for line in stat.read_text().splitlines():
+                    if line.startswith("usage_usec"):
+                        return int(line.split()[1]) / 1e6
+    except (OSError, IndexError, ValueError, StopIteration):
         pass
     return 0.0
 

@@ -252,6 +252,16 @@ def plot_footprint(fp: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def idle_stack_cpu(ic: dict[str, Any]) -> float:
+    """The idle project's CPU in cores: the host's during the window less the host's with
+    the demo's LAN alone; from the parts (containers, shims, daemons) for results taken before
+    that baseline was."""
+    base = ic.get("baseline")
+    if base:
+        return max(0.0, float(ic["host"]) - float(base["host"]))
+    return float(sum(ic["containers"].values()) + ic["shims"] + ic["daemons"])
+
+
 def render(results: dict[str, Any], out: Path, plots: Path) -> None:
     d = Doc()
     c = results["conditions"]
@@ -390,22 +400,28 @@ def render(results: dict[str, Any], out: Path, plots: Path) -> None:
         plot_footprint(fp, plots / "footprint.png")
         d("![footprint](bench/footprint.png)", "")
         ic = fp["idle_cpu"]
-        stack_cpu = sum(ic["containers"].values()) + ic["shims"]
+        stack_cpu = idle_stack_cpu(ic)
+        base = ic.get("baseline")
         d(f"Idle CPU of the README's stack over {ic['seconds'] / 60:.1f} min, in % of one "
-          "core: the stack's containers (their cgroups, healthcheck execs included) "
-          f"{stack_cpu * 100:.2f} % ("
+          "core: the whole host "
+          f"{ic['host'] * 100:.2f} %"
+          + (f" against {base['host'] * 100:.2f} % over {base['seconds'] / 60:.1f} min with the "
+             "project's containers stopped and the demo's LAN alone running (its DHCP server "
+             "and client, which a user does not run); the project's share, the difference, "
+             f"**{stack_cpu * 100:.2f} %**" if base else "")
+          + ". Where it goes: the stack's containers (their cgroups, healthcheck processes "
+          "included) "
           + ", ".join(f"{k} {v * 100:.2f}" for k, v in ic["containers"].items())
-          + f"; containerd shims {ic['shims'] * 100:.2f}); dockerd + containerd "
-          f"{ic['daemons'] * 100:.2f} % (they also serve the machine's other users); the "
-          f"whole host {ic['host'] * 100:.1f} % (everyone's). Load average over the window: "
+          + f"; containerd shims with their children (`runc` per exec; the reaped healthcheck "
+          f"processes, which the cgroups also count) {ic['shims'] * 100:.2f}; dockerd + "
+          f"containerd {ic['daemons'] * 100:.2f}. Load average over the window: "
           f"{la(ic['load_before'])} → {la(ic['load_after'])}.", "")
         d("- " + d.target("2", "network-anchor ≤ 120 MB PSS (idle)", tot <= 120,
                           f"{tot:.1f} MB ({tot_c:.1f} MB under churn)"),
           "- " + d.target("2", "service-anchor ≤ 20 MB RSS", sa_rss <= 20, f"{sa_rss:.1f} MB"),
-          "- " + d.target("2", "idle CPU of the README's stack ≤ 2 % of a core (its "
-                               "containers + shims + dockerd/containerd)",
-                          stack_cpu + ic["daemons"] <= 0.02,
-                          f"{(stack_cpu + ic['daemons']) * 100:.2f} %"), "")
+          "- " + d.target("2", "idle CPU of the README's stack ≤ 2 % of a core (the host's, "
+                               "less the host with the demo's LAN alone)",
+                          stack_cpu <= 0.02, f"{stack_cpu * 100:.2f} %"), "")
         if tot > 120 or sa_rss > 20:
             d("Profile of the miss: `python -X importtime -c 'import <module>'` of each "
               "program in its container: per top-level package, its modules' own import time "
@@ -600,11 +616,11 @@ def summary(results: dict[str, Any]) -> list[str]:
     if fp:
         tot = sum(v["pss"] for v in fp["idle"].values()) * 1024 / MB
         ic = fp["idle_cpu"]
-        stack = sum(ic["containers"].values()) + ic["shims"] + ic["daemons"]
         out.append(f"- Network-anchor memory: {tot:.0f} MB PSS in total at idle; "
                    f"service-anchor {sum(fp['service_anchor'].values()) * 1024 / MB:.0f} MB "
-                   f"RSS; the demo stack's idle CPU {stack * 100:.1f} % of a core "
-                   f"(containers, shims, dockerd, containerd; {ic['seconds'] / 60:.0f} min).")
+                   f"RSS; the demo stack's idle CPU {idle_stack_cpu(ic) * 100:.1f} % of a core "
+                   f"(the host's, less the host with the demo's LAN alone; "
+                   f"{ic['seconds'] / 60:.0f} min).")
     im = results.get("image", {}).get("value")
     if im:
         out.append(f"- Image: {im['compressed'] / MB:.1f} MB compressed, "

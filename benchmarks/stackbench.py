@@ -213,6 +213,26 @@ def anchor_memory(cid: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def host_cpu_over(minutes: float, what: str) -> dict[str, Any]:
+    """The whole host's CPU over ``minutes``, in cores, with the load average around it."""
+    print(f"  host CPU {what} over {minutes} min ...", file=sys.stderr, flush=True)
+    host, t0, load0 = HostCpu(), time.monotonic(), load()
+    time.sleep(minutes * 60)
+    return {"host": host.cores(), "seconds": time.monotonic() - t0, "load_before": load0,
+            "load_after": load()}
+
+
+def _ready(cid: str) -> bool:
+    """The container's own readiness (``anchord healthcheck``: exit 0)."""
+    return subprocess.run(["docker", "exec", cid, "anchord", "healthcheck"],
+                          capture_output=True, timeout=30).returncode == 0
+
+
+# The demo's containers that are the project (anchord's and the app's); the others (dnsmasq,
+# a LAN client) stand in for the LAN, which a user does not run.
+PROJECT_SERVICES = ("anchord", "web-anchor", "web")
+
+
 def footprint(image: str, churn_seconds: float, idle_minutes: float) -> dict[str, Any]:
     with stack(image) as (proj, timings):
         anchor, web_anchor = proj.container_id("anchord"), proj.container_id("web-anchor")
@@ -232,17 +252,27 @@ def footprint(image: str, churn_seconds: float, idle_minutes: float) -> dict[str
         host = HostCpu()
         t0 = time.monotonic()
         c0 = [cgroup_cpu_seconds(p) for p in pids]
-        s0 = [proc_cpu_seconds(p) for p in shims]
-        d0 = [proc_cpu_seconds(p) for p in daemons]
+        s0 = [proc_cpu_seconds(p, children=True) for p in shims]
+        d0 = [proc_cpu_seconds(p, children=True) for p in daemons]
         load_idle0 = load()
         print(f"  idle CPU over {idle_minutes} min ...", file=sys.stderr, flush=True)
         time.sleep(idle_minutes * 60)
         wall = time.monotonic() - t0
         cont = {s: (cgroup_cpu_seconds(p) - c) / wall for s, p, c in
                 zip(("dhcp", "anchord", "web-anchor", "web", "client"), pids, c0, strict=True)}
-        shim_cpu = sum(proc_cpu_seconds(p) - c for p, c in zip(shims, s0, strict=True)) / wall
-        daemon_cpu = sum(proc_cpu_seconds(p) - c for p, c in zip(daemons, d0, strict=True)) / wall
-        idle_cpu = {"host": host.cores(), "containers": cont, "shims": shim_cpu,
+        shim_cpu = sum(proc_cpu_seconds(p, children=True) - c
+                       for p, c in zip(shims, s0, strict=True)) / wall
+        daemon_cpu = sum(proc_cpu_seconds(p, children=True) - c
+                         for p, c in zip(daemons, d0, strict=True)) / wall
+        host_idle = host.cores()
+        # The same host with the demo's LAN alone (its DHCP server checks its health every
+        # second): the difference is the project's own cost, healthchecks and dockerd included.
+        proj.compose("stop", *reversed(PROJECT_SERVICES), timeout=120)
+        baseline = host_cpu_over(min(idle_minutes, 5.0), "with the LAN alone (project stopped)")
+        proj.compose("start", *PROJECT_SERVICES, timeout=120)
+        wait_until(lambda: _ready(anchor), 60, 0.2, "the network-anchor ready again")
+        idle_cpu = {"host": host_idle, "baseline": baseline, "containers": cont,
+                    "shims": shim_cpu,
                     "daemons": daemon_cpu, "seconds": wall, "load_before": load_idle0,
                     "load_after": load()}
         # Churn: web-anchor restarted over and over (stop/start events, map changes).
