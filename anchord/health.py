@@ -8,6 +8,14 @@ network-anchor's metrics worker, ``"restarts": {"worker": int, ...}`` (what ``an
 shows; the same counts as ``anchord_worker_restarts_total``). The entry process removes the
 file at a container start (``clear``): a file of a previous start, whose pid a new process may
 well have, must not pass for the current one.
+
+Beside it, ``<run_dir>/ready`` holds the writer's pid while, and only while, the last write
+said ready; every write that says ready renews it. The image's HEALTHCHECK
+(``anchord/healthcheck.sh``) reads it in sh, without starting Python, when things are well:
+Docker runs the check every 5 s in every anchord container, and a Python start is about a
+third of the host CPU each run costs (docs/benchmarks.md). The script's freshness limit is
+``STALE_AFTER`` (tests/integration/test_healthcheck_script.py holds the two together); in any
+other case the script runs ``check`` below, which says why.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 HEALTH_FILE = "health.json"
+READY_MARKER = "ready"
 FILE_MODE = 0o644
 # Older than this and the writer is presumed hung: its heartbeat is a few seconds.
 STALE_AFTER = 30.0
@@ -41,6 +50,8 @@ def write(
     }
     if restarts is not None:
         body["restarts"] = dict(restarts)
+    if not ready:  # first: the marker never outlives a "not ready" on disk
+        mark(run_dir, False)
     # 0644 whatever the umask: in the network-anchor the metrics worker (user anchord) writes
     # it and `anchord healthcheck` (root without CAP_DAC_OVERRIDE) reads it as "other"; the
     # run directory keeps everyone else out (see bus.broker).
@@ -49,10 +60,27 @@ def write(
         os.fchmod(out.fileno(), FILE_MODE)
         out.write(json.dumps(body) + "\n")
     os.replace(tmp, path)
+    if ready:
+        mark(run_dir, True)
+
+
+def mark(run_dir: Path, ready: bool) -> None:
+    """Renew (ready: our pid, written atomically) or remove the HEALTHCHECK's ready marker."""
+    path = run_dir / READY_MARKER
+    if not ready:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f".{READY_MARKER}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), FILE_MODE)
+        out.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
 
 
 def clear(run_dir: Path) -> None:
     """Remove the readiness file (at a container start)."""
+    mark(run_dir, False)
     (run_dir / HEALTH_FILE).unlink(missing_ok=True)
 
 

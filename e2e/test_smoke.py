@@ -130,13 +130,17 @@ def test_healthz_and_healthcheck(compose: ComposeFactory) -> None:
     )
     check = project.exec(SERVICE, "anchord", "healthcheck", check=False)
     assert check.returncode == 0, (check.stdout, check.stderr)
-    # Docker runs the image's HEALTHCHECK command too (every 2 s in this compose file).
+    # Docker runs the image's own HEALTHCHECK, the sh fast path (anchord/healthcheck.sh).
     wait_until(
         lambda: project.state(SERVICE).get("Health", {}).get("Status") == "healthy",
         30,
         interval=0.5,
         message="Docker reports the container healthy",
     )
+    log = project.state(SERVICE)["Health"]["Log"]
+    assert log[-1]["ExitCode"] == 0 and log[-1]["Output"].strip() == "ready", log
+    fast = project.exec(SERVICE, "anchord-healthcheck", check=False)
+    assert (fast.returncode, fast.stdout.strip()) == (0, "ready"), (fast.stdout, fast.stderr)
 
 
 def test_stop_exits_zero_inside_grace_period(compose: ComposeFactory) -> None:

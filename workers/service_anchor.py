@@ -39,7 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from anchord import __version__, routesignal
+from anchord import __version__, health, routesignal
 from anchord.backoff import Backoff
 from anchord.config import ServiceAnchorConfig
 from anchord.health import HEALTH_FILE, STALE_AFTER
@@ -256,8 +256,12 @@ class HealthFile:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not ready:  # the marker never outlives a "not ready" on disk
+                health.mark(self.path.parent, False)
             tmp.write_text(json.dumps(body, sort_keys=True) + "\n")
             os.replace(tmp, self.path)
+            if ready:
+                health.mark(self.path.parent, True)
         except OSError as exc:
             if not self._failed:  # once: it would repeat every few seconds otherwise
                 log.warning("cannot write health file %s: %s", self.path, exc)
@@ -268,6 +272,8 @@ class HealthFile:
         self._written_at = now
 
     def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            health.mark(self.path.parent, False)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 

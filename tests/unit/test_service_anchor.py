@@ -215,6 +215,7 @@ def test_health_file_follows_readiness(keeper: Any, tmp_path: Path) -> None:
     healthy, message = health.check(tmp_path)  # what `anchord healthcheck` runs
     assert not healthy
     assert "default_route: none via anchord" in message
+    assert not (tmp_path / health.READY_MARKER).exists()  # the image's sh check: not ready
     assert state["pid"] == os.getpid()
     assert state["mode"] == "service-anchor"
     k.handle(ok(V4, "10.0.0.1"))
@@ -224,7 +225,9 @@ def test_health_file_follows_readiness(keeper: Any, tmp_path: Path) -> None:
     assert health.check(tmp_path) == (True, "ready")
     assert state["routes"] == {"ipv4": "10.0.0.1", "ipv6": None}
     assert state["time"] > 0
-    assert [p.name for p in tmp_path.iterdir()] == [HEALTH_FILE]  # no temp file left
+    assert (tmp_path / health.READY_MARKER).read_text().strip() == str(os.getpid())
+    # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([HEALTH_FILE, health.READY_MARKER])
 
 
 def test_health_file_is_refreshed_well_inside_the_healthcheck_staleness_limit() -> None:
