@@ -13,20 +13,26 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import click
 
 from anchord import __version__, logsetup
 from anchord import config as configmod
-from anchord.entry import EXIT_CONFIG, load_config, run_healthcheck, run_service_anchor, run_worker
+from anchord.entry import (
+    EXIT_CONFIG,
+    SELF_PROJECT_TIMEOUT,
+    given_project,
+    run_healthcheck,
+    run_network_anchor,
+    run_service_anchor,
+    run_worker,
+)
 from anchord.entry import select_mode as select_mode
 
 log = logging.getLogger("anchord")
 
 # How long a start without ANCHORD_PROJECT waits for Docker (or its proxy) to name the project.
-SELF_PROJECT_TIMEOUT = 60.0
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="anchord")
@@ -42,67 +48,11 @@ def main(ctx: click.Context) -> None:
         ctx.invoke(network_anchor if env_mode == "network-anchor" else service_anchor)
 
 
-def _given_project(env: Mapping[str, str]) -> tuple[str, str] | None:
-    """(variable, value) of the variable that names the project, if one does."""
-    for variable in ("ANCHORD_PROJECT", "COMPOSE_PROJECT_NAME"):
-        if env.get(variable, "").strip():
-            return variable, env[variable].strip()
-    return None
-
-
-def _learn_project() -> None:
-    """No variable names the project: take it from this container's Compose label (into the
-    environment the workers inherit), or exit 2 with one line."""
-    from anchord import selfproject
-
-    docker_host = os.environ.get("DOCKER_HOST", "").strip() or configmod.DEFAULT_DOCKER_HOST
-    try:
-        project = selfproject.wait_for_project(docker_host, socket.gethostname(),
-                                               time.monotonic() + SELF_PROJECT_TIMEOUT)
-    except selfproject.SelfUnknown as exc:
-        log.error("ANCHORD_PROJECT is not set and Docker did not say which Compose project "
-                  "this container belongs to within %g s: %s", SELF_PROJECT_TIMEOUT, exc,
-                  extra={"fields": {"variable": "ANCHORD_PROJECT", "value": ""}})
-        sys.exit(EXIT_CONFIG)
-    os.environ["ANCHORD_PROJECT"] = project
-    log.info("project %r taken from this container's Compose label", project,
-             extra={"fields": {"project": project}})
-
-
-def _check_project(cfg: configmod.NetworkAnchorConfig, variable: str) -> None:
-    """A variable naming another project than this container's label: exit 2, one line."""
-    from anchord import selfproject
-
-    try:
-        label = selfproject.own_project(cfg.docker_host, socket.gethostname())
-    except selfproject.SelfUnknown as exc:
-        # Checked again by discovery once Docker answers (its `self` readiness condition).
-        log.debug("could not check the project against this container's label",
-                  extra={"fields": {"why": str(exc)}})
-        return
-    if label != cfg.project:
-        log.error("%s=%r is not this container's Compose project %r: nothing would be exposed; "
-                  "set it to %r or remove it", variable, cfg.project, label, label,
-                  extra={"fields": {"variable": variable, "value": cfg.project, "label": label}})
-        sys.exit(EXIT_CONFIG)
-
-
 @main.command("network-anchor")
 def network_anchor() -> None:
     """Run the network-anchor: supervisord with the bus, dhcp, discovery, nat-writer,
     conntrack-flusher and metrics workers. One per project."""
-    logsetup.configure("anchord")
-    given = _given_project(os.environ)
-    if given is None:
-        _learn_project()
-    cfg = load_config("network-anchor")
-    if not isinstance(cfg, configmod.NetworkAnchorConfig):
-        raise click.UsageError("ANCHORD_MODE says service-anchor")
-    if given is not None:
-        _check_project(cfg, given[0])
-    from anchord import supervise
-
-    sys.exit(supervise.run(cfg, dict(os.environ)))
+    sys.exit(run_network_anchor())
 
 
 @main.command("service-anchor")
@@ -146,6 +96,9 @@ def docker_proxy() -> None:
     import signal
     import threading
 
+    from anchord import noopenssl
+
+    noopenssl.block()  # it lives as long as its container: no OpenSSL (anchord/noopenssl.py)
     from anchord import apiproxy, selfproject
 
     logsetup.configure("docker-proxy")
@@ -163,7 +116,7 @@ def docker_proxy() -> None:
         log.error("ANCHORD_PROXY_PORT=%r is invalid: expected a port 1-65535",
                   env.get("ANCHORD_PROXY_PORT"))
         sys.exit(EXIT_CONFIG)
-    given = _given_project(env)
+    given = given_project(env)
     if given is None:
         try:
             project = selfproject.wait_for_project(upstream, socket.gethostname(),

@@ -7,8 +7,6 @@ environment for configuration. Tests build the dataclasses directly.
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import ipaddress
 import logging
 import re
@@ -202,7 +200,13 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
 def derive_mac(project: str) -> str:
     """02:42 (locally administered, unicast) + the first 4 bytes of sha256(project)."""
-    digest = hashlib.sha256(project.encode()).digest()[:4]
+    try:
+        # CPython's own SHA-256: hashlib's would load OpenSSL (libcrypto) into every process
+        # that reads its config, for this one digest (3.12 renamed the module).
+        from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        from hashlib import sha256
+    digest = sha256(project.encode()).digest()[:4]
     return "02:42:" + ":".join(f"{b:02x}" for b in digest)
 
 
@@ -243,6 +247,8 @@ def parse_mode(value: str) -> str:
 
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """One warning line per ``ANCHORD_*`` variable we do not know, naming the closest one."""
+    import difflib  # only here: a typo in a variable name is rare, its import is not free
+
     lines = []
     for name in sorted(env):
         if name.startswith("ANCHORD_") and name not in KNOWN_VARIABLES:

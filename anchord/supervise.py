@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -111,25 +112,41 @@ def run(config: NetworkAnchorConfig, env: Mapping[str, str]) -> int:
     # After the fan-out: the programs found then (pid -> name), and those signalled since.
     fanned_out: dict[int, str] | None = None
     signalled: set[str] = set()
+    # Asleep until supervisord exits or a signal comes: Popen.wait(timeout) would poll
+    # waitpid every few ms (0.7 % of a core at idle, measured), a pidfd says it at once.
+    wake_r, wake_w = os.pipe()
+    for fd in (wake_r, wake_w):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    try:
+        pidfd: int | None = os.pidfd_open(proc.pid)
+    except OSError:
+        pidfd = None  # a kernel before 5.3: look every half second instead
+    watched = [wake_r] if pidfd is None else [wake_r, pidfd]
     while True:
-        try:
-            code = proc.wait(timeout=0.05 if stopping else 0.5)
+        select.select(watched, [], [], 0.05 if stopping else (0.5 if pidfd is None else None))
+        with contextlib.suppress(BlockingIOError):
+            os.read(wake_r, 512)
+        code = proc.poll()
+        if code is not None:
             break
-        except subprocess.TimeoutExpired:
-            if received and received[0] != "logged":
-                # The Go anchord's line (scripts and alerts of its users look for it).
-                log.info("signal received, shutting down", extra={"fields": {
-                    "signal": received[0]}})
-                received[0] = "logged"
-            if stopping and fanned_out is None:
-                fanned_out = _stop_workers_together(config.run_dir, proc.pid)
-            elif fanned_out:
-                _stop_the_rest_in_order(fanned_out, signalled)
-                if any(_zombie(pid) for pid in fanned_out):
-                    _poke(config.run_dir)
-            if stopping and time.monotonic() - stopping[0] > STOP_DEADLINE:
-                log.error("supervisord did not stop in time; killing it")
-                proc.kill()
+        if received and received[0] != "logged":
+            # The Go anchord's line (scripts and alerts of its users look for it).
+            log.info("signal received, shutting down", extra={"fields": {
+                "signal": received[0]}})
+            received[0] = "logged"
+        if stopping and fanned_out is None:
+            fanned_out = _stop_workers_together(config.run_dir, proc.pid)
+        elif fanned_out:
+            _stop_the_rest_in_order(fanned_out, signalled)
+            if any(_zombie(pid) for pid in fanned_out):
+                _poke(config.run_dir)
+        if stopping and time.monotonic() - stopping[0] > STOP_DEADLINE:
+            log.error("supervisord did not stop in time; killing it")
+            proc.kill()
+    signal.set_wakeup_fd(-1)
+    for fd in (wake_r, wake_w) if pidfd is None else (wake_r, wake_w, pidfd):
+        os.close(fd)
     if stopping:
         log.info("anchord stopped", extra={"fields": {
             "supervisord_exit": code, "seconds": round(time.monotonic() - stopping[0], 2)}})

@@ -9,8 +9,10 @@
 - no product module imports scapy (it is the tests' oracle and traffic generator, in the
   ``test`` extra only), and the dhcp worker's process does not load it;
 - the service-anchor imports nothing heavy (it runs once per exposed service);
-- the entry process loads no zmq, xmlrpc or supervisor module (it lives as long as the
-  container);
+- the entry process loads no zmq, xmlrpc, supervisor or click module (it lives as long as
+  the container);
+- the long-running programs that serve no metrics map neither libssl nor libcrypto
+  (``anchord.noopenssl``), and ``anchord.entry`` blocks OpenSSL for exactly those;
 - the conntrack-flusher's process loads no pyroute2 (its ctnetlink codec is ``anchord.nfct``).
 - no module of ``anchord`` or ``workers`` imports pyroute2 (rtnetlink is ``anchord.rtnl``,
   ctnetlink ``anchord.nfct``, both on ``anchord.netlink``): the dhcp worker's process loads none.
@@ -133,6 +135,85 @@ def test_entry_process_loads_no_zmq_and_no_xmlrpc() -> None:
     assert out.stdout.strip() == "", f"loaded: {out.stdout.strip()}"
     mods = imports(ROOT / "anchord/supervise.py")
     assert not {m for m in mods if m.split(".")[0] in ("zmq", "xmlrpc", "supervisor")}, mods
+
+
+def test_the_entry_process_path_loads_no_click() -> None:
+    """``anchord`` with no argument runs the network-anchor from ``anchord.entry``: what that
+    path imports (its project check and the supervising loop) brings no click."""
+    probe = ("import sys, anchord.entry, anchord.config, anchord.logsetup, anchord.selfproject, "
+             "anchord.supervise\n"
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'click')))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "", f"loaded: {out.stdout.strip()}"
+
+
+# What each long-running program imports, as anchord.entry runs it (apiproxy: the Docker proxy).
+WITHOUT_OPENSSL = {
+    "entry": ("anchord.entry", "anchord.supervise", "anchord.selfproject"),
+    "bus": ("anchord.runner", "bus.broker"),
+    "dhcp": ("anchord.runner", "workers.dhcp"),
+    "discovery": ("anchord.runner", "workers.discovery"),
+    "nat-writer": ("anchord.runner", "workers.natwriter"),
+    "conntrack-flusher": ("anchord.runner", "workers.conntrack_flusher"),
+    "docker-proxy": ("anchord.apiproxy", "anchord.selfproject"),
+}
+
+
+@pytest.mark.parametrize("program", sorted(WITHOUT_OPENSSL))
+def test_long_running_programs_map_no_openssl(program: str) -> None:
+    """After ``noopenssl.block()``, the program's modules import (the standard library takes
+    the no-OpenSSL paths) and the process maps neither libssl nor libcrypto: read from
+    /proc/self/maps, what the kernel says, not what the modules say."""
+    modules = ", ".join(WITHOUT_OPENSSL[program])
+    probe = ("import sys\nfrom anchord import noopenssl\nassert noopenssl.block()\n"
+             f"import {modules}\n"
+             "maps = open('/proc/self/maps').read()\n"
+             "print(' '.join(lib for lib in ('libssl', 'libcrypto') if lib in maps))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"{program} maps {out.stdout.strip()}"
+
+
+def test_without_the_block_the_docker_client_would_map_openssl() -> None:
+    """The check above can fail: http.client alone maps both libraries."""
+    probe = ("import anchord.dockerhttp\nmaps = open('/proc/self/maps').read()\n"
+             "print(' '.join(lib for lib in ('libssl', 'libcrypto') if lib in maps))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.split() == ["libssl", "libcrypto"]
+
+
+@pytest.mark.parametrize(("argv", "env_mode", "blocked"), [
+    ([], "", True),
+    (["network-anchor"], "", True),
+    (["worker", "bus"], "", True),
+    (["worker", "discovery"], "", True),
+    (["worker", "metrics"], "", False),
+    (["service-anchor"], "", False),
+    ([], "service-anchor", False),
+])
+def test_entry_blocks_openssl_for_the_programs_without_metrics(
+        monkeypatch: pytest.MonkeyPatch, argv: list[str], env_mode: str, blocked: bool) -> None:
+    from anchord import entry, noopenssl
+
+    calls: list[str] = []
+
+    def note(what: str) -> int:
+        calls.append(what)
+        return 0
+
+    monkeypatch.setenv("ANCHORD_MODE", env_mode)
+    monkeypatch.setattr(noopenssl, "block", lambda: note("block") == 0)
+    for name in ("run_network_anchor", "run_service_anchor"):
+        monkeypatch.setattr(entry, name, lambda name=name: note(name))
+    monkeypatch.setattr(entry, "run_worker", lambda w: note(f"worker {w}"))
+    with pytest.raises(SystemExit):
+        entry.main(argv)
+    assert ("block" in calls) == blocked, calls
+    assert calls[-1] != "block", calls  # blocked before the program runs, not after
+    assert len(calls) == 1 + blocked, calls
 
 
 def test_conntrack_flusher_imports_no_pyroute2() -> None:
