@@ -650,25 +650,29 @@ def summary(results: dict[str, Any]) -> list[str]:
 
 
 NOTES = {
-    "1": "Data plane: a LAN packet to anchord crosses the LAN bridge, the macvlan child, "
-         "the DNAT in the network-anchor's namespace and the transit bridge to the service's "
-         "namespace: two bridges and a forwarding hop more than (d), paid in host CPU (see "
-         "the CPU column). On 2 shared vCPUs client, server and kernel compete for the same "
-         "cores, so a ratio below 0.9 is this path length plus contention; the fix is not in "
-         "anchord's Python (the workers are not on the data path once the dhcp worker's "
-         "socket filter keeps frames out, which the dhcp CPU line above shows) but in the "
-         "path: e.g. an ipvlan or a veth straight into the service instead of the transit "
-         "bridge.",
-    "2": "Footprint: each program imports what its role does not use (the table of imports "
-         "in §2): lazy imports, the scapy layers actually needed, no docker/pyroute2 where a "
-         "worker does not use them; idle CPU is the 5 s healthcheck execs (dockerd + runc "
-         "per exec), which a longer interval in the image's HEALTHCHECK would cut.",
-    "3": "Image: the largest directories in §3 (the Debian Python standard library and "
-         "shared libraries, scapy whole): a slimmer base or dropping scapy's unused layers "
-         "and contrib.",
+    "1": "Data plane: in this rig the LAN is the demo's Docker bridge, so a LAN client's "
+         "packet to anchord crosses four veth pairs and two bridges (client → LAN bridge → "
+         "anchord's `lan` interface, whose macvlan child takes it; the DNAT in the "
+         "network-anchor's namespace; → transit bridge → the service's namespace), against "
+         "two veth pairs and one bridge for (c) and one veth pair for (d). Each veth crossing "
+         "is one more softirq pass per packet: 64-byte datagrams and the handshake of a fresh "
+         "connection are bound by per-packet cost and show it, bulk TCP (large GRO segments) "
+         "hardly. On a real host the LAN side is the NIC and the macvlan child receives from "
+         "it directly (the README's real-host topology), one veth pair and the LAN bridge "
+         "fewer; this rig does not measure that topology. anchord's Python is not on the data "
+         "path: the dhcp worker's CPU line above (its socket filter keeps frames out).",
+    "2": "Footprint: memory is what each program imports (the table of imports in §2); idle "
+         "CPU is Docker's cost per healthcheck (~75 ms of host CPU in dockerd, containerd "
+         "and runc per run, whatever the check runs) at the service-anchors' 5 s interval, "
+         "which apps gate on (Docker 20.10 has no start interval; on Docker ≥ 25, "
+         "`start_interval: 1s` with a 30 s interval keeps the gate fast at a sixth of the "
+         "cost), plus the workers' own ticks (eight Python processes, each waking twice a "
+         "second and republishing its state every 5 s: ~0.1-0.5 % of a core each).",
+    "3": "Image: the Debian Python standard library and shared libraries are most of it "
+         "(the largest directories in §3).",
     "4": "Start: the share that is anchord's is the bind time (DHCP's exchange plus the "
-         "RFC 5227 probe) and the program start; compose's own time and dnsmasq's "
-         "healthcheck are not anchord's.",
+         "RFC 5227 probe) and the program start; compose's own time and the LAN host's "
+         "lookup of the new name are not anchord's.",
     "5": "Event to map: the discovery / apply split in §5 says which side the tail is on; "
          "a burst is bounded by Docker delivering the events of 50 restarts.",
     "6": "Outage: the table splits the gap into the backend's own down time, the map's "

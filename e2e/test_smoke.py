@@ -138,7 +138,8 @@ def test_healthz_and_healthcheck(compose: ComposeFactory) -> None:
         message="Docker reports the container healthy",
     )
     log = project.state(SERVICE)["Health"]["Log"]
-    assert log[-1]["ExitCode"] == 0 and log[-1]["Output"].strip() == "ready", log
+    assert log[-1]["ExitCode"] == 0, log
+    assert log[-1]["Output"].strip() == "ready", log
     fast = project.exec(SERVICE, "anchord-healthcheck", check=False)
     assert (fast.returncode, fast.stdout.strip()) == (0, "ready"), (fast.stdout, fast.stderr)
 
