@@ -14,6 +14,15 @@ the rate of short request/response exchanges over fresh connections, and the UDP
                   -- the same path a daemon with ``userland-proxy: false`` gives everyone
     (d) ceiling   the same namespace -> the service in the host namespace (host networking)
 
+and, in a second phase with a rig of its own (the first one's stack taken down),
+
+    (e) anchord   the README's real-host topology (e2e/compose/realhost, benchmarks' expose
+                  adds udp/8080): the LAN namespace on a veth whose host end is the macvlan
+                  child's parent, as a NIC is on a real host -- no LAN bridge -> the project's
+                  address -> the service in web-anchor's namespace; the transit network as the
+                  README builds it, at bridge-nf-call-iptables=1 (a stock Docker host's value)
+    (d)           again, interleaved with (e): (e)'s ratios are to this (d)
+
 The shared daemon's configuration is never touched: (b) and (c) are the two paths one daemon
 with the proxy on already has, told apart by where the client sits. The servers (iperf3 and
 ``serve`` below) are the same programs in every path, started with nsenter in the service's
@@ -49,9 +58,11 @@ from benchmarks.common import (
     load,
     median,
     pct,
+    precise_cpu_seconds,
     proc_cpu_seconds,
 )
 from e2e import harness
+from e2e import realhost_support as realhost
 from e2e.stack_support import STACK_FILE, Stack, build_lan_image, random_ula64
 from tests.netns import Netns, Topology, sh, topology, wait_until
 
@@ -59,6 +70,10 @@ ROOT = Path(__file__).resolve().parents[1]
 LAN_CLIENT = "10.77.0.30"  # outside dnsmasq's pool (.100-.199)
 HOST_END, EXT_CLIENT = "198.18.77.1", "198.18.77.2"  # RFC 2544 benchmarking range
 SERVICE_PORT = 8080
+REALHOST_PATHS = {
+    "e": "anchord, the README's real-host topology (macvlan on a host interface + DNAT)",
+    "d": "host networking (ceiling), again",
+}
 PATHS = {
     "a": "anchord (macvlan + DNAT)",
     "b": "ports: userland proxy",
@@ -75,7 +90,7 @@ class Path_:
     key: str
     host: str
     port: int
-    client_ns: Netns | None  # None: the host namespace
+    client_ns: str | None  # a namespace's name; None: the host namespace
     client_addr: str
     server_pid_of: int | None  # a process in the service's namespace (None: the host's)
     server_port: int  # where the service listens in its namespace
@@ -83,7 +98,7 @@ class Path_:
     def argv(self, *argv: str) -> list[str]:
         if self.client_ns is None:
             return list(argv)
-        return ["ip", "netns", "exec", self.client_ns.name, *argv]
+        return ["ip", "netns", "exec", self.client_ns, *argv]
 
     def server_argv(self, *argv: str) -> list[str]:
         if self.server_pid_of is None:
@@ -128,7 +143,7 @@ def measure_path(path: Path_, res: PathResult, what: str, seconds: float, reps: 
     """One kind of test through one path, ``reps`` times."""
     for _ in range(reps):
         cpu = HostCpu()
-        d0 = proc_cpu_seconds(dhcp_pid) if dhcp_pid else 0.0
+        d0 = precise_cpu_seconds(dhcp_pid) if dhcp_pid else 0.0
         if what == "tcp1":
             data = iperf(path, seconds, [])
             res.tcp1.append(data["end"]["sum_received"]["bits_per_second"] / 1e9)
@@ -143,7 +158,7 @@ def measure_path(path: Path_, res: PathResult, what: str, seconds: float, reps: 
             res.udp_loss.append(float(s["lost_percent"]))
         res.cpu.setdefault(what, []).append(cpu.cores())
         if dhcp_pid:
-            res.dhcp_cpu.setdefault(what, []).append(proc_cpu_seconds(dhcp_pid) - d0)
+            res.dhcp_cpu.setdefault(what, []).append(precise_cpu_seconds(dhcp_pid) - d0)
 
 
 def measure_rr(path: Path_, res: PathResult, n: int, reps: int, dhcp_pid: int | None) -> None:
@@ -158,7 +173,7 @@ def measure_rr(path: Path_, res: PathResult, n: int, reps: int, dhcp_pid: int | 
         for _ in range(reps):
             cpu = HostCpu()
             s0 = proc_cpu_seconds(server.pid)
-            d0 = proc_cpu_seconds(dhcp_pid) if dhcp_pid else 0.0
+            d0 = precise_cpu_seconds(dhcp_pid) if dhcp_pid else 0.0
             out = sh(*path.argv(sys.executable, "-m", "benchmarks.probes", "rr", path.host,
                                 str(path.port), str(n)), cwd=ROOT, timeout=n * 0.05 + 120)
             data = json.loads(out.strip().splitlines()[-1])
@@ -170,7 +185,7 @@ def measure_rr(path: Path_, res: PathResult, n: int, reps: int, dhcp_pid: int | 
             res.rr_server_cpu.append((proc_cpu_seconds(server.pid) - s0) / data["wall"])
             res.peers = sorted(set(res.peers) | set(data["peers"]))
             if dhcp_pid:
-                res.dhcp_cpu.setdefault("rr", []).append(proc_cpu_seconds(dhcp_pid) - d0)
+                res.dhcp_cpu.setdefault("rr", []).append(precise_cpu_seconds(dhcp_pid) - d0)
     finally:
         server.kill()
         server.wait(10)
@@ -214,6 +229,23 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+def ext_client(topo: Topology, stack: ExitStack) -> Netns:
+    """A namespace on a veth to the host, EXT_CLIENT -> HOST_END: the client of (c) and (d)."""
+    ext = topo.netns("ext")
+    host_end = f"bx{os.urandom(3).hex()}"
+    sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", "bxtmp" + host_end[2:])
+    stack.callback(sh, "ip", "link", "del", host_end, check=False)
+    sh("ip", "link", "set", "bxtmp" + host_end[2:], "netns", ext.name)
+    ext.run("ip", "link", "set", "bxtmp" + host_end[2:], "name", "eth0")
+    ext.run("ip", "link", "set", "eth0", "up")
+    ext.run("ip", "addr", "add", f"{EXT_CLIENT}/30", "dev", "eth0")
+    ext.run("ip", "route", "add", "default", "via", HOST_END)
+    ext.sysctl("net.ipv4.ip_local_port_range", "1024 65535")
+    sh("ip", "addr", "add", f"{HOST_END}/30", "dev", host_end)
+    sh("ip", "link", "set", host_end, "up")
+    return ext
+
+
 @contextmanager
 def rig(image: str) -> Iterator[tuple[list[Path_], Stack, int]]:
     """The stack, the namespaces, the published container; everything removed on exit.
@@ -235,18 +267,7 @@ def rig(image: str) -> Iterator[tuple[list[Path_], Stack, int]]:
         address = wait_until(lambda: st.project_address(4), timeout=60, what="the DHCP lease")
         anchor_pid = container_pid(st.cid("web-anchor"))
         # (c)/(d): a namespace on a veth to the host.
-        ext = topo.netns("ext")
-        host_end = f"bx{os.urandom(3).hex()}"
-        sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", "bxtmp" + host_end[2:])
-        stack.callback(sh, "ip", "link", "del", host_end, check=False)
-        sh("ip", "link", "set", "bxtmp" + host_end[2:], "netns", ext.name)
-        ext.run("ip", "link", "set", "bxtmp" + host_end[2:], "name", "eth0")
-        ext.run("ip", "link", "set", "eth0", "up")
-        ext.run("ip", "addr", "add", f"{EXT_CLIENT}/30", "dev", "eth0")
-        ext.run("ip", "route", "add", "default", "via", HOST_END)
-        ext.sysctl("net.ipv4.ip_local_port_range", "1024 65535")
-        sh("ip", "addr", "add", f"{HOST_END}/30", "dev", host_end)
-        sh("ip", "link", "set", host_end, "up")
+        ext = ext_client(topo, stack)
         # (b)/(c): one container, its port published on loopback and on the veth's address.
         pub_port, host_port = free_port(), free_port()
         name = f"bench-dp-pub-{os.urandom(3).hex()}"
@@ -261,12 +282,74 @@ def rig(image: str) -> Iterator[tuple[list[Path_], Stack, int]]:
         dhcp_pid = next(pid for pid, args in container_processes(st.cid("anchord"))
                         if "worker dhcp" in args)
         paths = [
-            Path_("a", address, SERVICE_PORT, lan, LAN_CLIENT, anchor_pid, SERVICE_PORT),
+            Path_("a", address, SERVICE_PORT, lan.name, LAN_CLIENT, anchor_pid, SERVICE_PORT),
             Path_("b", "127.0.0.1", pub_port, None, "127.0.0.1", pub_pid, SERVICE_PORT),
-            Path_("c", HOST_END, pub_port, ext, EXT_CLIENT, pub_pid, SERVICE_PORT),
-            Path_("d", HOST_END, host_port, ext, EXT_CLIENT, None, host_port),
+            Path_("c", HOST_END, pub_port, ext.name, EXT_CLIENT, pub_pid, SERVICE_PORT),
+            Path_("d", HOST_END, host_port, ext.name, EXT_CLIENT, None, host_port),
         ]
         yield paths, st, dhcp_pid
+
+
+@contextmanager
+def realhost_rig(image: str) -> Iterator[list[Path_]]:
+    """Phase 2: the README's real-host topology (e2e/compose/realhost: the macvlan child's
+    parent is a host interface, a veth whose peer is the LAN namespace; the transit network as
+    the README builds it; bridge-nf-call-iptables=1, a stock Docker host's value), and (d)
+    again beside it. Yields [(e), (d)]."""
+    with ExitStack() as stack:
+        build_lan_image()
+        lan = realhost.RealHostLan().start()
+        stack.callback(lan.close)
+        proj = realhost.start_project(lan, image, "anchord-demo-lan:local",
+                                      expose="tcp/8080, udp/8080")
+        stack.callback(proj.project.down)
+        proj.project.stop("web")  # its port is the service's: our servers take it
+        sh("ip", "netns", "exec", lan.lan_ns, "sysctl", "-qw",
+           "net.ipv4.ip_local_port_range=1024 65535")
+        anchor_pid = container_pid(proj.project.container_id("web-anchor"))
+        topo: Topology = stack.enter_context(topology("be"))
+        ext = ext_client(topo, stack)
+        host_port = free_port()
+        yield [
+            Path_("e", proj.address, SERVICE_PORT, lan.lan_ns, realhost.LAN_ADDRESS, anchor_pid,
+                  SERVICE_PORT),
+            Path_("d", HOST_END, host_port, ext.name, EXT_CLIENT, None, host_port),
+        ]
+
+
+def measure_all(paths: list[Path_], results: dict[str, PathResult], seconds: float, reps: int,
+                connects: int, dhcp_pid: int | None) -> list[str]:
+    """Every test through every path, interleaved (a b c d, a b c d, ...) so that a burst of
+    load from a neighbour on the shared machine hits every path alike; the dhcp worker (of
+    (a), if given) profiled during one more run. Returns the profile."""
+    profile: list[str] = []
+    with iperf_servers(paths):
+        for what in ("tcp1", "tcp4", "udp"):
+            for _ in range(reps):
+                for p in paths:
+                    print(f"  data plane: {what} via {p.key}", file=sys.stderr, flush=True)
+                    measure_path(p, results[p.key], what, seconds, 1,
+                                 dhcp_pid if p.key == "a" else None)
+        if dhcp_pid:
+            profile = profile_dhcp(paths[0], dhcp_pid, seconds)
+    for p in paths:
+        print(f"  data plane: {connects} x {reps} fresh connections via {p.key}",
+              file=sys.stderr, flush=True)
+        measure_rr(p, results[p.key], connects, reps, dhcp_pid if p.key == "a" else None)
+    return profile
+
+
+def run_realhost(image: str, seconds: float, reps: int, connects: int) -> dict[str, Any]:
+    """Phase 2 (see ``realhost_rig``): (e) and (d), interleaved."""
+    results = {k: PathResult(k) for k in ("e", "d")}
+    before = load()
+    with realhost_rig(image) as paths:
+        for p in paths:
+            results[p.key].client_addr = p.client_addr
+        measure_all(paths, results, seconds, reps, connects, None)
+    return {"paths": {k: r.__dict__ | {"real_address": r.real_address()}
+                      for k, r in results.items()},
+            "load_before": before, "load_after": load()}
 
 
 def run(image: str, seconds: float, reps: int, connects: int) -> dict[str, Any]:
@@ -277,26 +360,19 @@ def run(image: str, seconds: float, reps: int, connects: int) -> dict[str, Any]:
         for p in paths:
             results[p.key].client_addr = p.client_addr
         # The dhcp worker's CPU at idle over one test's length: the baseline of "flat".
-        d0 = proc_cpu_seconds(dhcp_pid)
+        d0 = precise_cpu_seconds(dhcp_pid)
         time.sleep(seconds)
-        results["a"].dhcp_idle = proc_cpu_seconds(dhcp_pid) - d0
-        with iperf_servers(paths):
-            # Interleaved (a b c d, a b c d, ...) so that a burst of load from a neighbour on
-            # the shared machine hits every path alike.
-            for what in ("tcp1", "tcp4", "udp"):
-                for _ in range(reps):
-                    for p in paths:
-                        print(f"  data plane: {what} via {p.key}", file=sys.stderr, flush=True)
-                        measure_path(p, results[p.key], what, seconds, 1,
-                                     dhcp_pid if p.key == "a" else None)
-            profile = profile_dhcp(paths[0], dhcp_pid, seconds)
-        for p in paths:
-            print(f"  data plane: {connects} x {reps} fresh connections via {p.key}",
-                  file=sys.stderr, flush=True)
-            measure_rr(p, results[p.key], connects, reps, dhcp_pid if p.key == "a" else None)
+        results["a"].dhcp_idle = precise_cpu_seconds(dhcp_pid) - d0
+        profile = measure_all(paths, results, seconds, reps, connects, dhcp_pid)
     out = {k: r.__dict__ | {"real_address": r.real_address()} for k, r in results.items()}
+    after = load()
+    try:  # phase 2 is a second rig: its failure must not lose phase 1's figures
+        phase2 = run_realhost(image, seconds, reps, connects)
+    except Exception as exc:  # noqa: BLE001 (reported in the report as it is)
+        phase2 = {"error": repr(exc)}
     return {"paths": out, "seconds": seconds, "reps": reps, "connects": connects,
-            "load_before": before, "load_after": load(), "dhcp_profile": profile}
+            "load_before": before, "load_after": after, "dhcp_profile": profile,
+            "realhost": phase2}
 
 
 def profile_dhcp(path: Path_, dhcp_pid: int, seconds: float) -> list[str]:

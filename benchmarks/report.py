@@ -252,6 +252,33 @@ def plot_footprint(fp: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+DP_HEADER = ["path", "TCP 1 stream Gbit/s", "TCP 4 streams Gbit/s", "fresh connections/s",
+             "connection p50 / p99 ms", "UDP datagrams/s received",
+             "host CPU (cores) tcp1/tcp4/rr/udp", "service saw the client's address"]
+
+
+def dp_rows(paths: dict[str, Any], sums: dict[str, dict[str, float]],
+            names: dict[str, str]) -> list[list[str]]:
+    """One table row per path; ratios to that run's (d)."""
+    rows = []
+    dd = sums["d"]
+    for k, name in names.items():
+        s, r = sums[k], paths[k]
+
+        def rat(m: str, s: dict[str, float] = s) -> str:
+            return f"{s[m] / dd[m]:.2f}x" if dd[m] else "-"
+        rows.append([f"({k}) {name}", f"{s['tcp1']:.2f} ({rat('tcp1')})",
+                     f"{s['tcp4']:.2f} ({rat('tcp4')})",
+                     f"{s['rr']:,.0f} ({rat('rr')})",
+                     f"{ms(s['rr_p50'])} / {ms(s['rr_p99'])}",
+                     f"{s['udp']:,.0f} ({rat('udp')}), loss {median(r['udp_loss']):.0f} %",
+                     " / ".join(f"{median(r['cpu'].get(t, [0])):.2f}"
+                                for t in ("tcp1", "tcp4", "rr", "udp")),
+                     ("yes " if r["real_address"] else "**no** ")
+                     + f"({', '.join(r['peers'])})"])
+    return rows
+
+
 def idle_stack_cpu(ic: dict[str, Any]) -> float:
     """The idle project's CPU in cores: the host's during the window less the host's with
     the demo's LAN alone; from the parts (containers, shims, daemons) for results taken before
@@ -314,25 +341,7 @@ def render(results: dict[str, Any], out: Path, plots: Path) -> None:
           "client as (c): the ceiling.", "",
           "The servers (iperf3, the request/response server) are the same programs in every "
           "path, started in the service's namespace; only the path differs.", "")
-        rows = []
-        for k, name in dataplane.PATHS.items():
-            s, r, dd = sums[k], dp["paths"][k], sums["d"]
-
-            def rat(m: str, s: dict[str, float] = s, dd: dict[str, float] = dd) -> str:
-                return f"{s[m] / dd[m]:.2f}x" if dd[m] else "-"
-            rows.append([f"({k}) {name}", f"{s['tcp1']:.2f} ({rat('tcp1')})",
-                         f"{s['tcp4']:.2f} ({rat('tcp4')})",
-                         f"{s['rr']:,.0f} ({rat('rr')})",
-                         f"{ms(s['rr_p50'])} / {ms(s['rr_p99'])}",
-                         f"{s['udp']:,.0f} ({rat('udp')}), loss {median(r['udp_loss']):.0f} %",
-                         " / ".join(f"{median(r['cpu'].get(t, [0])):.2f}"
-                                    for t in ("tcp1", "tcp4", "rr", "udp")),
-                         ("yes " if r["real_address"] else "**no** ")
-                         + f"({', '.join(r['peers'])})"])
-        d.table(["path", "TCP 1 stream Gbit/s", "TCP 4 streams Gbit/s",
-                 "fresh connections/s", "connection p50 / p99 ms", "UDP datagrams/s received",
-                 "host CPU (cores) tcp1/tcp4/rr/udp", "service saw the client's address"],
-                rows)
+        d.table(DP_HEADER, dp_rows(dp["paths"], sums, dataplane.PATHS))
         a = dp["paths"]["a"]
         cli = max(max(r["rr_client_cpu"], default=0) for r in dp["paths"].values())
         srv = max(max(r["rr_server_cpu"], default=0) for r in dp["paths"].values())
@@ -364,6 +373,28 @@ def render(results: dict[str, Any], out: Path, plots: Path) -> None:
         extra = max(dh.values(), default=0) - idle_rate
         d("- " + d.target("1", "the dhcp worker's CPU flat with traffic (≤ +0.01 core over "
                                "idle)", extra <= 0.01, f"+{extra:.4f} core at most"), "")
+        rh = dp.get("realhost") or {}
+        if "paths" in rh:
+            rs = {k: dataplane.summary(v) for k, v in rh["paths"].items()}
+            d("Phase 2, the README's real-host topology (e2e/compose/realhost, with udp/8080 "
+              "exposed too): the LAN client is a namespace on a veth whose host end is the "
+              "macvlan child's parent, as a NIC is on a real host, so no LAN bridge; the "
+              "transit network as the README builds it, at bridge-nf-call-iptables=1 (a stock "
+              "Docker host: bridged frames also pass the host's iptables). Phase 1's stack was "
+              "taken down first; (d) is measured again, interleaved with (e), and (e)'s ratios "
+              f"are to it. Load average {la(rh['load_before'])} → {la(rh['load_after'])}.", "")
+            d.table(DP_HEADER, dp_rows(rh["paths"], rs, dataplane.REALHOST_PATHS))
+            for m, label in (("tcp1", "TCP 1 stream"), ("tcp4", "TCP 4 streams"),
+                             ("rr", "fresh connections/s"), ("udp", "UDP datagrams/s")):
+                ratio = rs["e"][m] / rs["d"][m] if rs["d"][m] else 0
+                others = max(sums["b"][m] / sums["d"][m], sums["c"][m] / sums["d"][m])
+                d("- " + d.target("1", f"(e) ≥ 0.9 x (d) and ahead of (b), (c): {label}",
+                                  ratio >= 0.9 and ratio >= others,
+                                  f"{ratio:.2f}x its (d); (b), (c) at most {others:.2f}x "
+                                  "theirs"))
+            d("")
+        elif rh:
+            d(f"Phase 2 (the README's real-host topology) failed: {rh.get('error')}", "")
         prof = dp.get("dhcp_profile")
         if prof:
             d("py-spy of the dhcp worker during (a) TCP 1 stream (top sampled stacks):", "",
@@ -612,6 +643,17 @@ def summary(results: dict[str, Any]) -> list[str]:
             f"{s['a']['udp'] / s['d']['udp']:.2f}x. The service sees the client's own address "
             f"through anchord: {'yes' if dp['paths']['a']['real_address'] else 'no'}; through "
             f"the userland proxy: {'yes' if dp['paths']['b']['real_address'] else 'no'}.")
+        rh = dp.get("realhost") or {}
+        if "paths" in rh:
+            e = {k: dataplane.summary(v) for k, v in rh["paths"].items()}
+            out.append(
+                f"- The same through the README's real-host topology (no LAN bridge; a stock "
+                f"host's bridge-nf-call-iptables=1): TCP 1 stream {e['e']['tcp1']:.1f} Gbit/s = "
+                f"{e['e']['tcp1'] / e['d']['tcp1']:.2f}x host networking, 4 streams "
+                f"{e['e']['tcp4'] / e['d']['tcp4']:.2f}x, fresh connections "
+                f"{e['e']['rr'] / e['d']['rr']:.2f}x, UDP datagrams "
+                f"{e['e']['udp'] / e['d']['udp']:.2f}x; the client's own address: "
+                f"{'yes' if rh['paths']['e']['real_address'] else 'no'}.")
     fp = results.get("footprint", {}).get("value")
     if fp:
         tot = sum(v["pss"] for v in fp["idle"].values()) * 1024 / MB

@@ -293,9 +293,10 @@ def transit_v6(tag: str) -> str:
 
 
 def start_project(lan: RealHostLan, image: str, lan_image: str,
-                  reach_timeout: float = 90.0) -> RealHostProject:
+                  reach_timeout: float = 90.0, expose: str = "tcp/8080") -> RealHostProject:
     """Start the compose project against ``lan`` and wait until a LAN host gets an answer
-    from the app on the leased address; ``cold_start_seconds`` counts from ``up`` returning."""
+    from the app on the leased address; ``cold_start_seconds`` counts from ``up`` returning.
+    ``expose``: web-anchor's ``anchord.expose`` label."""
     project = ComposeProject(
         compose_file=REALHOST_FILE,
         name=harness.unique_project_name("realhost"),
@@ -305,6 +306,7 @@ def start_project(lan: RealHostLan, image: str, lan_image: str,
             "ANCHORD_HOST_NETNS": lan.host_handle,
             "ANCHORD_REALHOST_PARENT": lan.parent,
             "ANCHORD_TRANSIT_V6": transit_v6(lan.tag),
+            "ANCHORD_REALHOST_EXPOSE": expose,
         },
         bridge_nf_call=1,  # a stock Docker host: no host setting changed for anchord
     )
