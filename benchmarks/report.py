@@ -692,17 +692,20 @@ def summary(results: dict[str, Any]) -> list[str]:
 
 
 NOTES = {
-    "1": "Data plane: in this rig the LAN is the demo's Docker bridge, so a LAN client's "
-         "packet to anchord crosses four veth pairs and two bridges (client → LAN bridge → "
-         "anchord's `lan` interface, whose macvlan child takes it; the DNAT in the "
-         "network-anchor's namespace; → transit bridge → the service's namespace), against "
-         "two veth pairs and one bridge for (c) and one veth pair for (d). Each veth crossing "
-         "is one more softirq pass per packet: 64-byte datagrams and the handshake of a fresh "
-         "connection are bound by per-packet cost and show it, bulk TCP (large GRO segments) "
-         "hardly. On a real host the LAN side is the NIC and the macvlan child receives from "
-         "it directly (the README's real-host topology), one veth pair and the LAN bridge "
-         "fewer; this rig does not measure that topology. anchord's Python is not on the data "
-         "path: the dhcp worker's CPU line above (its socket filter keeps frames out).",
+    "1": "Data plane: anchord's path is longer than (c)'s by design. The DNAT happens in "
+         "the network-anchor's namespace, not the host's, so a packet crosses one namespace "
+         "more: the macvlan child, the network-anchor's routing and conntrack, its transit "
+         "veth and the transit bridge, the service's veth; (c) has the host's routing, "
+         "docker0 and the container's veth. Per-packet work (64-byte datagrams, the handshake "
+         "of every fresh connection) shows the difference; bulk TCP, in large GRO segments, "
+         "hardly. In phase 1 the demo's LAN bridge adds a veth pair and a bridge; phase 2, "
+         "the README's real-host topology, has no LAN bridge, but a stock host's "
+         "bridge-nf-call-iptables=1 sends every frame on the transit bridge through the "
+         "host's iptables as well. anchord's Python is not on the data path (the dhcp "
+         "worker's CPU line above). Closing the gap takes a shorter path, not faster "
+         "workers: the service reached without the transit bridge (a veth or ipvlan straight "
+         "from the network-anchor into each service-anchor), or the DNAT done in the host's "
+         "namespace; both change the design the README documents.",
     "2": "Footprint: memory is what each program imports (the table of imports in §2); idle "
          "CPU is Docker's cost per healthcheck (~75 ms of host CPU in dockerd, containerd "
          "and runc per run, whatever the check runs) at the service-anchors' 5 s interval, "
