@@ -3,6 +3,9 @@
     make report                                  (the full run; builds what it needs)
     python -m benchmarks.report --quick          (a short run of every section, ~15 min)
     python -m benchmarks.report --render-only    (re-write the report from docs/bench/results.json)
+    python -m benchmarks.report --rerun --sections start --why "..."
+                                                 (measure sections again after a fix; the
+                                                 report names them, when and why)
 
 Owns the orchestration and the report: it builds the image (e2e/build-image.sh) and the
 simulated LAN's image, runs the sections in turn -- image size, data plane
@@ -92,6 +95,10 @@ def bus_summary(data: dict[str, Any]) -> dict[str, float]:
             "t10000_p99": pct(got["tables"].get("bench-10000", []), .99),
             "rate": flood["received"] / span if span > 0 else 0.0,
             "sent_rate": sent["flood_sent"] / sent["flood_send_seconds"]}
+
+
+# Keys of run_all's results that are not sections.
+RUN_KEYS = ("conditions", "quick", "started", "params", "finished", "load_end", "build")
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -299,8 +306,13 @@ def render(results: dict[str, Any], out: Path, plots: Path) -> None:
          if quick else "the full run") +
       f"), {results['started']} to {results.get('finished', '?')}. Every figure below comes from "
       "that one run on this machine; nothing is copied from elsewhere. Re-run it to refresh "
-      "this page.", "",
-      "## Conditions", "")
+      "this page.", "")
+    for rr in results.get("reruns", []):
+        d(f"**Re-run afterwards** (`--rerun --sections {','.join(rr['sections'])}`), "
+          f"{rr['started']} to {rr['finished']}, on commit {rr['commit']}: "
+          + ", ".join(f"`{x}`" for x in rr["sections"]) + " — those figures are from that "
+          f"run, the rest from the first. Why: {rr['why']}", "")
+    d("## Conditions", "")
     d.table(["", ""], [
         ["CPU", f"{c['cpu']}, {c['vcpus']} vCPUs, {c['memory_gib']} GiB"],
         ["kernel", c["kernel"]], ["Docker", f"{c['docker']} (Compose {c['compose']})"],
@@ -745,6 +757,10 @@ def main() -> int:
     parser.add_argument("--sizes", default="10,1000,10000")
     parser.add_argument("--burst-rounds", type=int)
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--rerun", action="store_true",
+                        help="measure --sections again into the committed results.json; the "
+                             "report names them (with --why)")
+    parser.add_argument("--why", default="", help="with --rerun: the reason, for the report")
     parser.add_argument("--render-only", action="store_true",
                         help="re-write the report from docs/bench/results.json")
     args = parser.parse_args()
@@ -764,6 +780,8 @@ def main() -> int:
     if args.render_only:
         render(json.loads(raw.read_text()), out, plots)
         return 0
+    if args.rerun and not (args.sections and args.why):
+        sys.exit("--rerun needs --sections (what to measure again) and --why")
     if os.geteuid() != 0:
         sys.exit("run as root: namespaces, nsenter, dockerd")
     for tool in ("iperf3", "nsenter", "docker", "gzip"):
@@ -771,8 +789,20 @@ def main() -> int:
             sys.exit(f"{tool} is missing (e2e/prepare-host.sh installs the host's tools; "
                      "apt-get install iperf3)")
     global PARTIAL
-    PARTIAL = raw
+    base = json.loads(raw.read_text()) if args.rerun else None
+    PARTIAL = None if args.rerun else raw
     results = run_all(args)
+    if base is not None:
+        # The named sections replace the first run's; the report says which, when and why.
+        redone = [k for k in results if k not in RUN_KEYS]
+        base.update({k: results[k] for k in redone})
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip()
+        base.setdefault("reruns", []).append({
+            "sections": args.sections.split(","), "keys": redone, "why": args.why,
+            "started": results["started"], "finished": results["finished"],
+            "commit": commit or "?"})
+        results = base
     raw.write_text(json.dumps(results, indent=1, default=str))
     render(results, out, plots)
     print(f"wrote {out} and {plots}/", file=sys.stderr)

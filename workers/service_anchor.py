@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 FAMILIES: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
 # First retry after a failed resolution; doubles up to the resolve interval.
 BACKOFF_FIRST = 0.25
+# For this long after the start, a failed resolution is retried at BACKOFF_FIRST without
+# doubling: at `compose up` the gateway's container may join the network a moment after us,
+# and a doubling backoff (0.25 + 0.5 + 1 + 2 s) would add seconds to the project's start.
+STARTUP_RETRY = 15.0
 # The health file is rewritten at least this often, so that only a hung process looks stale.
 HEALTH_REFRESH = STALE_AFTER / 3
 # Bounded label values of anchord_gateway_resolve_total{outcome}.
@@ -310,6 +314,7 @@ class RouteKeeper:
         self._metrics = metrics
         self._health = health
         self._clock = clock
+        self._started = clock()
         cap = config.gateway_resolve_interval
         self.states: dict[int, FamilyState] = {
             f: FamilyState(f, Backoff(initial=BACKOFF_FIRST, cap=cap)) for f in FAMILIES}
@@ -325,6 +330,8 @@ class RouteKeeper:
                 delay = st.backoff.next()
             elif st.installed is not None:
                 self._announce(st.installed)
+        elif self._clock() - self._started < STARTUP_RETRY:
+            delay = BACKOFF_FIRST
         else:
             delay = st.backoff.next()
         st.due = self._clock() + delay

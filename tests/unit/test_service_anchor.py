@@ -148,6 +148,7 @@ def test_route_changed_behind_its_back_is_put_back_at_next_answer(keeper: Any) -
 
 def test_failure_keeps_last_route_and_retries_with_backoff(keeper: Any) -> None:
     k, routes, metrics, clock = keeper
+    clock.now += sa.STARTUP_RETRY  # past the start, where failures are retried at once
     k.handle(ok(V4, "10.0.0.1"))
     assert k.states[V4].due == clock.now + 5.0
     k.handle(failed(V4))
@@ -161,6 +162,23 @@ def test_failure_keeps_last_route_and_retries_with_backoff(keeper: Any) -> None:
     assert sample(metrics, "anchord_gateway_resolve_total", family="ipv4", outcome="error") == 1
     k.handle(ok(V4, "10.0.0.1"))  # success resets the backoff
     assert k.states[V4].due == clock.now + 5.0
+
+
+def test_failures_right_after_the_start_are_retried_without_backing_off(keeper: Any) -> None:
+    """At `compose up` the gateway's container may join the network after us: until
+    STARTUP_RETRY, every failed lookup is retried BACKOFF_FIRST later, then the backoff
+    doubles as before."""
+    k, _, _, clock = keeper
+    for _ in range(5):
+        k.handle(failed(V4))
+        assert k.states[V4].due == clock.now + sa.BACKOFF_FIRST
+        clock.now += sa.BACKOFF_FIRST
+    clock.now += sa.STARTUP_RETRY
+    delays = []
+    for _ in range(3):
+        k.handle(failed(V4))
+        delays.append(k.states[V4].due - clock.now)
+    assert delays == [sa.BACKOFF_FIRST, 2 * sa.BACKOFF_FIRST, 4 * sa.BACKOFF_FIRST]
 
 
 def test_nothing_resolves_reports_why_not_ready(keeper: Any) -> None:
