@@ -430,6 +430,7 @@ class BurstResult:
     spread: list[float] = field(default_factory=list)  # first die event -> last start event
     whole: list[float] = field(default_factory=list)  # first die event -> map whole again
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    teardown_error: str = ""  # the rig's removal failed after the figures were taken
 
 
 def burst(api: docker.APIClient, proj: Project, transit: str, watch: NatWatch, n: int,
@@ -486,9 +487,20 @@ def burst(api: docker.APIClient, proj: Project, transit: str, watch: NatWatch, n
 
 def run_burst(n: int = 50, rounds: int = 10, log_level: str = "warn") -> BurstResult:
     api = ensure_dockerd()
-    with tempfile.TemporaryDirectory(prefix="bench-burst-") as tmp, \
-            rig(api, Path(tmp), Path(tmp), log_level) as (proj, _topo, transit, watch):
-        return burst(api, proj, transit, watch, n, rounds)
+    result: BurstResult | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-burst-") as tmp, \
+                rig(api, Path(tmp), Path(tmp), log_level) as (proj, _topo, transit, watch):
+            result = burst(api, proj, transit, watch, n, rounds)
+    except docker.errors.APIError as exc:
+        if result is None:
+            raise
+        # Measured, then the rig would not go: dockerd 20.10 can keep a phantom endpoint on
+        # the network after many concurrent restarts ("has active endpoints" with none
+        # listed; a dockerd restart clears it). The figures stand; the leftover is reported.
+        print(f"burst: teardown failed: {exc}", file=sys.stderr, flush=True)
+        result.teardown_error = str(exc)
+    return result
 
 
 def run_size(size: int, restarts: int, pause: float = 0.01, log_level: str = "warn",

@@ -558,6 +558,10 @@ def render(results: dict[str, Any], out: Path, plots: Path) -> None:
     b = results.get("burst", {})
     if "value" in b:
         bv = b["value"]
+        if bv.get("teardown_error"):
+            d("After the rounds, removing the burst's rig failed (figures unaffected): "
+              f"`{bv['teardown_error']}` — dockerd 20.10 kept a phantom endpoint on the "
+              "network after the concurrent restarts; a dockerd restart cleared it.", "")
         d(f"Burst: 50 backends (one port each) restarted at once (`docker restart -t 0` in 50 "
           f"threads), {len(bv['last'])} rounds: from the last Docker `start` event to the "
           "commit of a map holding all 50 again, answering that event: p50 "
