@@ -59,6 +59,10 @@ BACKOFF_FIRST = 0.25
 # doubling: at `compose up` the gateway's container may join the network a moment after us,
 # and a doubling backoff (0.25 + 0.5 + 1 + 2 s) would add seconds to the project's start.
 STARTUP_RETRY = 15.0
+# And a success is looked up (and so announced to anchord) again after this, not after the
+# resolve interval: the first announcement can reach anchord before it listens, and the next
+# one would come only an interval later.
+STARTUP_REPEAT = 1.0
 # The health file is rewritten at least this often, so that only a hung process looks stale.
 HEALTH_REFRESH = STALE_AFTER / 3
 # Bounded label values of anchord_gateway_resolve_total{outcome}.
@@ -323,14 +327,17 @@ class RouteKeeper:
         st = self.states[res.family]
         self._metrics.resolve_total[st.name, res.outcome] += 1
         self._log_outcome(st, res)
+        starting = self._clock() - self._started < STARTUP_RETRY
         if res.addresses:
             st.backoff.reset()
             delay = self._config.gateway_resolve_interval
+            if starting:
+                delay = min(delay, STARTUP_REPEAT)
             if not self._converge(st, res.addresses):
                 delay = st.backoff.next()
             elif st.installed is not None:
                 self._announce(st.installed)
-        elif self._clock() - self._started < STARTUP_RETRY:
+        elif starting:
             delay = BACKOFF_FIRST
         else:
             delay = st.backoff.next()

@@ -181,6 +181,18 @@ def test_failures_right_after_the_start_are_retried_without_backing_off(keeper: 
     assert delays == [sa.BACKOFF_FIRST, 2 * sa.BACKOFF_FIRST, 4 * sa.BACKOFF_FIRST]
 
 
+def test_right_after_the_start_a_success_is_announced_again_within_a_second(
+        keeper: Any) -> None:
+    """The first route report can reach anchord before it listens: until STARTUP_RETRY the
+    next lookup (and announcement) comes STARTUP_REPEAT later, then at the resolve interval."""
+    k, _, _, clock = keeper
+    k.handle(ok(V4, "10.0.0.1"))
+    assert k.states[V4].due == clock.now + sa.STARTUP_REPEAT
+    clock.now += sa.STARTUP_RETRY
+    k.handle(ok(V4, "10.0.0.1"))
+    assert k.states[V4].due == clock.now + 5.0
+
+
 def test_nothing_resolves_reports_why_not_ready(keeper: Any) -> None:
     k, _, _, _ = keeper
     k.handle(failed(V4))
