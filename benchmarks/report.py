@@ -802,7 +802,10 @@ def main() -> int:
         base.update({k: results[k] for k in redone})
         commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                                 capture_output=True, text=True).stdout.strip()
-        base.setdefault("reruns", []).append({
+        # An earlier re-run of the same sections is superseded: its figures are gone.
+        base["reruns"] = [r for r in base.get("reruns", [])
+                          if not set(r["sections"]) <= set(args.sections.split(","))]
+        base["reruns"].append({
             "sections": args.sections.split(","), "keys": redone, "why": args.why,
             "started": results["started"], "finished": results["finished"],
             "commit": commit or "?"})
