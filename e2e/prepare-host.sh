@@ -28,6 +28,7 @@ APT_PACKAGES=(
     radvd iproute2 iputils-ping procps nmap tcpdump socat python3-venv iptables ca-certificates
     iperf3
     prometheus
+    git net-tools
 )
 
 log() { printf 'prepare-host: %s\n' "$*" >&2; }

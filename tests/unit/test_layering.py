@@ -122,17 +122,24 @@ def test_service_anchor_stays_light() -> None:
     assert not heavy
 
 
+def loaded(modules: str, roots: tuple[str, ...]) -> str:
+    """What a fresh interpreter ends up with after ``import <modules>``: the loaded modules
+    whose top-level package is one of ``roots``, lazy and transitive imports included."""
+    probe = (f"import sys, {modules}\n"
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+             f"{roots!r})))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True)
+    return out.stdout.strip()
+
+
 def test_entry_process_loads_no_zmq_and_no_xmlrpc() -> None:
     """The network-anchor's entry process (``anchord.supervise``) lives as long as the
     container: it prepares the run directory without zmq (``bus.rundir``) and asks supervisord
     its state without xmlrpc.client (``anchord.supervisorrpc``). What a fresh interpreter loads,
     lazy imports included, as the entry runs them (``_poke`` imported supervisor's transport)."""
-    probe = ("import sys, anchord.supervise\n"
-             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
-             "('zmq', 'xmlrpc', 'supervisor'))))")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, check=True)
-    assert out.stdout.strip() == "", f"loaded: {out.stdout.strip()}"
+    found = loaded("anchord.supervise", ("zmq", "xmlrpc", "supervisor"))
+    assert found == "", f"loaded: {found}"
     mods = imports(ROOT / "anchord/supervise.py")
     assert not {m for m in mods if m.split(".")[0] in ("zmq", "xmlrpc", "supervisor")}, mods
 
@@ -140,12 +147,9 @@ def test_entry_process_loads_no_zmq_and_no_xmlrpc() -> None:
 def test_the_entry_process_path_loads_no_click() -> None:
     """``anchord`` with no argument runs the network-anchor from ``anchord.entry``: what that
     path imports (its project check and the supervising loop) brings no click."""
-    probe = ("import sys, anchord.entry, anchord.config, anchord.logsetup, anchord.selfproject, "
-             "anchord.supervise\n"
-             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'click')))")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, check=True)
-    assert out.stdout.strip() == "", f"loaded: {out.stdout.strip()}"
+    found = loaded("anchord.entry, anchord.config, anchord.logsetup, anchord.selfproject, "
+                   "anchord.supervise", ("click",))
+    assert found == "", f"loaded: {found}"
 
 
 # What each long-running program imports, as anchord.entry runs it (apiproxy: the Docker proxy).
@@ -219,11 +223,8 @@ def test_entry_blocks_openssl_for_the_programs_without_metrics(
 def test_conntrack_flusher_imports_no_pyroute2() -> None:
     """What the process really loads, not what its files say: a fresh interpreter imports the
     worker and lists the modules it ended up with (a transitive import counts too)."""
-    probe = ("import sys, workers.conntrack_flusher\n"
-             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2')))")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, check=True)
-    assert out.stdout.strip() == "", f"pyroute2 modules loaded: {out.stdout.strip()}"
+    found = loaded("workers.conntrack_flusher", ("pyroute2",))
+    assert found == "", f"pyroute2 modules loaded: {found}"
 
 
 PRODUCT = [p for p in SOURCES if p.relative_to(ROOT).parts[0] in ("anchord", "workers")]
